@@ -1,0 +1,3 @@
+from albert_onnx.cli import app
+
+app()

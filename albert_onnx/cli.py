@@ -1,0 +1,147 @@
+"""The `albert-onnx` command line. Export is imported lazily so runtime-only installs work."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from albert_onnx.runtime.manifest import ManifestError, load_manifest, verified_file
+
+SHORT_OP = {
+    "MultiHeadAttention": "MHA",
+    "SkipLayerNormalization": "SkipLN",
+    "EmbedLayerNormalization": "EmbedLN",
+    "LayerNormalization": "LN",
+}
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(1)
+
+
+@app.command()
+def export(
+    model: Annotated[
+        str, typer.Argument(help="Checkpoint directory or hub id.")
+    ] = "albert-base-v2",
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Model directory to write.")
+    ] = Path("models/albert-base-v2"),
+    quantize: Annotated[bool, typer.Option(help="Also write INT8 model.int8.onnx (CPU).")] = False,
+    fp16: Annotated[bool, typer.Option(help="Also write fused model.fp16.onnx (CUDA).")] = False,
+    pooling: Annotated[
+        str | None, typer.Option(help="mean, cls or max (default: the checkpoint's, else mean).")
+    ] = None,
+    normalize: Annotated[bool | None, typer.Option(help="Default L2 normalisation.")] = None,
+    revision: Annotated[str | None, typer.Option(help="Hub revision.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+) -> None:
+    """Export an ALBERT checkpoint to a self-contained ONNX model directory."""
+    try:
+        from albert_onnx.export.errors import ExportError
+        from albert_onnx.export.exporter import export_model
+    except ImportError as exc:
+        raise fail(
+            f"export needs the export extra: pip install 'albert-onnx[export,cpu]' ({exc})"
+        ) from exc
+    start = time.perf_counter()
+    try:
+        manifest = export_model(
+            model,
+            output,
+            quantize=quantize,
+            fp16=fp16,
+            force=force,
+            pooling=pooling,
+            normalize=normalize,
+            revision=revision,
+            log=lambda step: err.print(f"[dim]{step}[/]"),
+        )
+    except ExportError as exc:
+        raise fail(str(exc)) from exc
+    out.print(f"wrote {output} in {time.perf_counter() - start:.1f} s")
+    _print_variants(output, manifest)
+
+
+@app.command()
+def info(model_dir: Annotated[Path, typer.Argument(help="Model directory.")]) -> None:
+    """Describe a model directory and the execution providers that work on this machine."""
+    from albert_onnx.runtime.providers import ProviderError, cuda_works, installed_runtimes
+
+    try:
+        manifest = load_manifest(model_dir)
+    except ManifestError as exc:
+        raise fail(str(exc)) from exc
+    arch = manifest.architecture
+    out.print(f"[bold]{model_dir}[/]  source: {manifest.source}")
+    out.print(
+        f"ALBERT V={arch['vocab_size']} E={arch['embedding_size']} H={arch['hidden_size']} "
+        f"layers={arch['num_hidden_layers']} heads={arch['num_attention_heads']}; "
+        f"tokenizer {manifest.tokenizer['kind']} max_length={manifest.max_length}; "
+        f"pooling {manifest.pooling}{' + L2' if manifest.normalize else ''}"
+    )
+    _print_variants(model_dir, manifest)
+    runtimes = installed_runtimes()
+    out.print(f"onnxruntime installs: {', '.join(runtimes) or 'none'}")
+    if len(runtimes) > 1:
+        err.print(
+            "[yellow]both onnxruntime and onnxruntime-gpu are installed; they overwrite "
+            "each other. pip uninstall -y onnxruntime onnxruntime-gpu, then install one.[/]"
+        )
+    try:
+        probe = model_dir / manifest.variants["fp32"].file
+        working = ["CPUExecutionProvider"] + (
+            ["CUDAExecutionProvider"] if cuda_works(str(probe)) else []
+        )
+    except ProviderError as exc:
+        raise fail(str(exc)) from exc
+    out.print(f"working providers: {', '.join(working)}")
+
+
+@app.command("word-vectors")
+def word_vectors(
+    words: Annotated[list[str], typer.Argument(help="Words to look up.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model directory.")],
+    project: Annotated[bool, typer.Option(help="Map E-dim vectors to H dims.")] = False,
+) -> None:
+    """Print static word vectors (mean of word pieces) from the embedding table."""
+    from albert_onnx.runtime.word_vectors import WordVectors
+
+    try:
+        vectors = WordVectors(model)
+        for word in words:
+            vector = vectors.vector(word, project=project)
+            pieces = " ".join(p for p, _ in vectors.pieces(word))
+            values = " ".join(f"{x:.5f}" for x in vector)
+            out.print(f"{word}\t{pieces}\t{values}", highlight=False, soft_wrap=True)
+    except (ManifestError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+
+
+def _print_variants(model_dir: Path, manifest) -> None:
+    table = Table("variant", "file", "MB", "max |diff|", "min cos", "fused", "sha256")
+    for name, v in manifest.variants.items():
+        try:
+            verified_file(model_dir, v.file, v.sha256)
+            state = "ok"
+        except ManifestError:
+            state = "[red]MISMATCH[/]"
+        table.add_row(
+            name,
+            v.file,
+            f"{v.bytes / 1e6:.1f}",
+            f"{v.parity['max_abs_diff_last_hidden_state']:.2e}",
+            f"{v.parity['min_cosine_sentence_embedding']:.5f}",
+            " ".join(f"{SHORT_OP.get(k, k)}={n}" for k, n in v.fused_operators.items()) or "-",
+            state,
+        )
+    out.print(table)

@@ -1,0 +1,1 @@
+"""Export half (needs torch): ALBERT checkpoint -> ONNX model directory with parity proof."""

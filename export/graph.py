@@ -1,0 +1,87 @@
+"""PyTorch side of the export: ALBERT plus in-graph pooling, traced to one fp32 ONNX graph.
+
+The TorchScript exporter (dynamo=False) is used on purpose: it keeps ALBERT's shared layer
+and factorized embedding as single initializers, and with the eager attention path the
+graph has the MatMul/Softmax pattern that onnxruntime's transformer optimizer fuses.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from albert_onnx.export.errors import ExportError
+from torch import nn
+
+INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+OUTPUT_NAMES = ["last_hidden_state", "sentence_embedding"]
+DYNAMIC_AXES = {
+    **{name: {0: "batch", 1: "sequence"} for name in [*INPUT_NAMES, "last_hidden_state"]},
+    "sentence_embedding": {0: "batch"},
+}
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Pool token vectors into one vector per text, ignoring padding."""
+    if mode == "cls":
+        return hidden[:, 0]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    if mode == "mean":
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    if mode == "max":
+        return hidden.masked_fill(weights == 0, float("-inf")).amax(1)
+    raise ValueError(f"unknown pooling mode {mode!r}")
+
+
+class PooledAlbert(nn.Module):
+    """AlbertModel whose graph also returns the pooled sentence embedding."""
+
+    def __init__(self, albert: nn.Module, pooling: str) -> None:
+        super().__init__()
+        self.albert = albert
+        self.pooling = pooling
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.albert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
+        return hidden, pool(hidden, attention_mask, self.pooling)
+
+
+def load_albert(model_dir: Path) -> nn.Module:
+    """AlbertModel with eager attention (fusable), without the unused pooler head."""
+    from transformers import AlbertModel
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # "some weights not used" is expected for MLM checkpoints
+    logging.disable_progress_bar()
+    try:
+        model = AlbertModel.from_pretrained(
+            model_dir, attn_implementation="eager", add_pooling_layer=False
+        )
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{model_dir}: the weights could not be loaded ({exc})") from exc
+    return model.eval()
+
+
+def export_onnx(model: PooledAlbert, destination: Path, opset: int) -> None:
+    """Trace with a padded batch so the mask path is in the graph; axes stay dynamic."""
+    ids = torch.full((2, 16), 5, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
+        torch.onnx.export(
+            model,
+            (ids, mask, torch.zeros_like(ids)),
+            str(destination),
+            input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES,
+            dynamic_axes=DYNAMIC_AXES,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )

@@ -1,0 +1,1 @@
+"""Torch-free runtime: onnxruntime, numpy and tokenizers only. Imports nothing from export."""
