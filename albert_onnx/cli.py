@@ -20,7 +20,7 @@ SHORT_OP = {
 }
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str) -> typer.Exit:
@@ -122,7 +122,7 @@ def word_vectors(
             vector = vectors.vector(word, project=project)
             pieces = " ".join(p for p, _ in vectors.pieces(word))
             values = " ".join(f"{x:.5f}" for x in vector)
-            out.print(f"{word}\t{pieces}\t{values}", highlight=False, soft_wrap=True)
+            typer.echo(f"{word}\t{pieces}\t{values}")  # plain TSV: rich would expand tabs
     except (ManifestError, ValueError) as exc:
         raise fail(str(exc)) from exc
 

@@ -94,7 +94,10 @@ def _build(
     config = checkpoint.config
     log("tokenizer")
     tokenizer_record = write_tokenizer(
-        checkpoint.tokenizer_dir, config["max_position_embeddings"], staging / "tokenizer.json"
+        checkpoint.tokenizer_dir,
+        config["vocab_size"],
+        config["max_position_embeddings"],
+        staging / "tokenizer.json",
     )
     tokenizer_record["sha256"] = sha256_of(staging / "tokenizer.json")
     albert = load_albert(checkpoint.model_dir)

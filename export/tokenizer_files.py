@@ -18,7 +18,9 @@ KIND_BY_MODEL = {"Unigram": "sentencepiece", "WordPiece": "wordpiece"}
 UNBOUNDED = 1_000_000
 
 
-def write_tokenizer(tokenizer_dir: Path, max_positions: int, destination: Path) -> dict[str, Any]:
+def write_tokenizer(
+    tokenizer_dir: Path, vocab_size: int, max_positions: int, destination: Path
+) -> dict[str, Any]:
     """Save DIR's tokenizer as fast JSON; return the manifest's `tokenizer` record."""
     settings = _tokenizer_config(tokenizer_dir)
     if (tokenizer_dir / "tokenizer.json").is_file():
@@ -31,6 +33,11 @@ def write_tokenizer(tokenizer_dir: Path, max_positions: int, destination: Path) 
     kind = KIND_BY_MODEL.get(model_type)
     if kind is None:
         raise ExportError(f"{tokenizer_dir}: unsupported tokenizer model {model_type!r}")
+    if tokenizer.get_vocab_size() > vocab_size:
+        raise ExportError(
+            f"{tokenizer_dir}: the tokenizer has {tokenizer.get_vocab_size()} tokens but the "
+            f"model's embedding table only {vocab_size}; they do not belong together"
+        )
     if kind == "sentencepiece":
         tokenizer = _strip_ends(tokenizer)
     tokenizer.no_padding()
@@ -74,8 +81,8 @@ def _from_sentencepiece(model_file: Path, settings: dict[str, Any]) -> Tokenizer
 def _from_wordpiece(vocab_file: Path, settings: dict[str, Any]) -> Tokenizer:
     from transformers import BertTokenizerFast
 
-    bert = BertTokenizerFast(
-        vocab_file=str(vocab_file),
+    bert = BertTokenizerFast.from_pretrained(
+        vocab_file.parent,
         do_lower_case=settings.get("do_lower_case", True),
         tokenize_chinese_chars=settings.get("tokenize_chinese_chars", True),
     )

@@ -1,0 +1,122 @@
+"""Small ALBERT checkpoints built from AlbertConfig (random weights, fixed seed) with the
+real tokenizers in tests/data, and their exports, shared across the test session."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+ENGLISH_TOKENIZER_FILES = (
+    "spiece.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+SMALL = dict(
+    embedding_size=32,
+    hidden_size=64,
+    num_hidden_layers=12,
+    num_attention_heads=4,
+    intermediate_size=128,
+    max_position_embeddings=512,
+)
+
+
+def sts_sentences() -> list[str]:
+    sentences = []
+    for split in ("train", "dev", "test"):
+        for line in (
+            (DATA / "corpora" / f"sts-{split}.csv").read_text(encoding="utf-8").splitlines()
+        ):
+            sentences.extend(line.split("\t")[5:7])
+    return sentences
+
+
+def build_checkpoint(
+    directory: Path,
+    *,
+    vocab: str = "english",
+    seed: int = 0,
+    tokenizer_files: tuple[str, ...] = ENGLISH_TOKENIZER_FILES,
+    **config,
+) -> Path:
+    """save_pretrained a random-weight AlbertModel beside a real tokenizer."""
+    import torch
+    from transformers import AlbertConfig, AlbertModel
+
+    torch.manual_seed(seed)
+    settings = {**SMALL, **config}
+    if vocab == "english":
+        settings.setdefault("vocab_size", 30000)
+    else:
+        settings.setdefault("vocab_size", 21128)
+        settings.setdefault("pad_token_id", 0)
+        settings.setdefault("hidden_act", "gelu")
+    AlbertModel(AlbertConfig(**settings)).save_pretrained(directory)
+    if vocab == "english":
+        for name in tokenizer_files:
+            shutil.copy(DATA / "albert-base-v2" / name, directory)
+    else:
+        shutil.copy(DATA / "albert-chinese" / "vocab.txt", directory)
+        (directory / "tokenizer_config.json").write_text(
+            json.dumps(
+                {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 512}
+            )
+        )
+    return directory
+
+
+def build_sentence_transformer(directory: Path, pooling: str, normalize: bool) -> Path:
+    """The sentence-transformers layout: the transformer at the root, modules.json, pooling."""
+    build_checkpoint(directory, seed=1)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    if normalize:
+        modules.append(
+            {
+                "idx": 2,
+                "name": "2",
+                "path": "2_Normalize",
+                "type": "sentence_transformers.models.Normalize",
+            }
+        )
+    (directory / "modules.json").write_text(json.dumps(modules))
+    (directory / "1_Pooling").mkdir()
+    (directory / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": SMALL["hidden_size"],
+                "pooling_mode_cls_token": pooling == "cls",
+                "pooling_mode_mean_tokens": pooling == "mean",
+                "pooling_mode_max_tokens": pooling == "max",
+                "pooling_mode_mean_sqrt_len_tokens": False,
+            }
+        )
+    )
+    return directory
+
+
+@pytest.fixture(scope="session")
+def english_checkpoint(tmp_path_factory) -> Path:
+    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "albert-small")
+
+
+@pytest.fixture(scope="session")
+def english_export(english_checkpoint, tmp_path_factory) -> Path:
+    """The small English model exported with every variant."""
+    from albert_onnx.export.exporter import export_model
+
+    output = tmp_path_factory.mktemp("export") / "albert-small-onnx"
+    export_model(str(english_checkpoint), output, quantize=True, fp16=True)
+    return output
