@@ -107,6 +107,117 @@ def info(model_dir: Annotated[Path, typer.Argument(help="Model directory.")]) ->
     out.print(f"working providers: {', '.join(working)}")
 
 
+@app.command()
+def embed(
+    corpus: Annotated[Path, typer.Argument(help="JSONL corpus, one object per line.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help=".npy, .npz, .parquet or .jsonl")],
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="Model directory (default: the shipped model)."),
+    ] = None,
+    text_field: Annotated[str, typer.Option(help="JSON field holding the text.")] = "text",
+    id_field: Annotated[
+        str | None, typer.Option(help="JSON field holding the id (default: line number).")
+    ] = None,
+    provider: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp32, int8 or fp16.")] = "auto",
+    pooling: Annotated[
+        str | None, typer.Option(help="mean, cls, max or none (default: the model's).")
+    ] = None,
+    normalize: Annotated[
+        bool | None, typer.Option(help="L2-normalise (default: the model's).")
+    ] = None,
+    max_batch_tokens: Annotated[int | None, typer.Option(help="Padded tokens per batch.")] = None,
+    long_texts: Annotated[
+        str, typer.Option(help="truncate, or chunk: mean of overlapping windows.")
+    ] = "truncate",
+    dtype: Annotated[str, typer.Option(help="float32 or float16 vectors.")] = "float32",
+    on_error: Annotated[
+        str, typer.Option(help="raise: stop at a bad line; skip: log it and go on.")
+    ] = "raise",
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads (default: cores available).")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Embed a JSONL corpus; vectors are written in input order with their ids."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from albert_onnx.runtime.corpus import embed_corpus
+    from albert_onnx.runtime.embedder import Embedder
+    from albert_onnx.runtime.providers import ProviderError
+    from albert_onnx.runtime.reader import CorpusError
+    from albert_onnx.runtime.writer import OutputError
+
+    if on_error not in ("raise", "skip") or dtype not in ("float32", "float16"):
+        raise fail("--on-error is raise or skip; --dtype is float32 or float16")
+    if not corpus.is_file():
+        raise fail(f"{corpus}: no such file")
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn(
+            "{task.completed:,} docs  {task.fields[docs_s]:,.0f} docs/s  "
+            "{task.fields[tokens_s]:,.0f} tokens/s"
+        ),
+        TimeElapsedColumn(),
+    )
+    try:
+        embedder = Embedder(
+            model,
+            provider=provider,
+            precision=precision,
+            pooling=pooling,
+            normalize=normalize,
+            max_batch_tokens=max_batch_tokens,
+            long_texts=long_texts,
+            threads=threads,
+        )
+        err.print(f"[dim]{embedder.model_dir}: {embedder.precision} on {embedder.provider}[/]")
+        with Progress(*columns, console=err, disable=not progress) as bar:
+            task = bar.add_task("embedding", total=None, docs_s=0.0, tokens_s=0.0)
+            start, seen = time.perf_counter(), {"tokens": 0}
+
+            def on_batch(docs: int, tokens: int) -> None:
+                seen["tokens"] += tokens
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                done = bar.tasks[0].completed + docs
+                bar.update(
+                    task, advance=docs, docs_s=done / elapsed, tokens_s=seen["tokens"] / elapsed
+                )
+
+            summary = embed_corpus(
+                embedder,
+                corpus,
+                output,
+                text_field=text_field,
+                id_field=id_field,
+                on_error=on_error,
+                dtype=dtype,
+                resume=resume,
+                force=force,
+                on_batch=on_batch,
+            )
+    except (ManifestError, ProviderError, CorpusError, OutputError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    rate = summary.tokens / summary.seconds if summary.seconds else 0.0
+    out.print(
+        f"{summary.docs:,} docs, {summary.tokens:,} tokens ({rate:,.0f} tokens/s), "
+        f"padding overhead {summary.padding_overhead:.1%}, truncated {summary.truncated:,}, "
+        f"skipped {summary.skipped:,}, blank lines {summary.blank_lines:,}, "
+        f"{summary.seconds:.1f} s"
+        + (
+            f"; resumed after line {summary.resumed_after_line:,}"
+            if summary.resumed_after_line
+            else ""
+        ),
+        highlight=False,
+    )
+    out.print(f"wrote {', '.join(summary.outputs)}", highlight=False)
+
+
 @app.command("word-vectors")
 def word_vectors(
     words: Annotated[list[str], typer.Argument(help="Words to look up.")],

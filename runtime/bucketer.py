@@ -1,11 +1,36 @@
-"""Bucketer stage: group tokenized texts into padded batches under a token budget."""
+"""Bucketer stage: sort a window of tokenized texts by length and cut padded batches.
+
+Each batch holds as many texts as fit under a token budget, counting padding, and is padded
+to a multiple of 8: at most max_length / 8 distinct lengths, and with the budget bounding
+batch x length, onnxruntime's memory arena stays bounded, where one new shape per batch
+makes it grow.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from albert_onnx.runtime.tokenizer import Encoded
+
+PAD_MULTIPLE = 8
+
+
+def bucket_length(n: int) -> int:
+    """N rounded up to the padding multiple."""
+    return -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+@dataclass(frozen=True)
+class Batch:
+    rows: np.ndarray  # positions of the batch's texts in the window
+    inputs: dict[str, np.ndarray]
+    real_tokens: int
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.inputs["input_ids"].size
 
 
 def pad_batch(items: Sequence[Encoded], length: int) -> dict[str, np.ndarray]:
@@ -19,3 +44,29 @@ def pad_batch(items: Sequence[Encoded], length: int) -> dict[str, np.ndarray]:
         type_ids[row, :n] = item.type_ids
         mask[row, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
+
+
+def make_batches(items: Sequence[Encoded], max_batch_tokens: int, sort: bool = True) -> list[Batch]:
+    """Cut ITEMS into batches of at most MAX_BATCH_TOKENS padded tokens (one text at least).
+
+    With SORT (the default) texts of similar length share a batch, longest first, so
+    padding is small; without it batches follow arrival order, as naive batching does.
+    """
+    lengths = np.fromiter((len(item) for item in items), dtype=np.int64, count=len(items))
+    order = np.argsort(-lengths, kind="stable") if sort else np.arange(len(items))
+    batches, start = [], 0
+    while start < len(order):
+        end, longest = start + 1, lengths[order[start]]
+        while end < len(order):
+            candidate = max(longest, lengths[order[end]])
+            if (end - start + 1) * bucket_length(int(candidate)) > max_batch_tokens:
+                break
+            longest, end = candidate, end + 1
+        rows = order[start:end]
+        batches.append(Batch(
+            rows=rows,
+            inputs=pad_batch([items[i] for i in rows], bucket_length(int(longest))),
+            real_tokens=int(lengths[rows].sum()),
+        ))  # fmt: skip
+        start = end
+    return batches

@@ -72,3 +72,19 @@ def cuda_works(probe_model: str) -> bool:
     except Exception:  # missing CUDA/cuDNN libraries surface as generic runtime errors
         return False
     return PROVIDER_NAMES["cuda"] in session.get_providers()
+
+
+def choose_provider(requested: str, cuda_probe: Path) -> str:
+    """'auto' -> cuda when it really works, else cpu. 'cuda' without CUDA is an error."""
+    if requested not in ("auto", *PROVIDER_NAMES):
+        raise ProviderError(f"unknown provider {requested!r} (auto, cpu or cuda)")
+    if requested == "cpu":
+        return "cpu"
+    if cuda_works(str(cuda_probe)):
+        return "cuda"
+    if requested == "cuda":
+        raise ProviderError(
+            "the CUDA execution provider does not work on this machine (is onnxruntime-gpu "
+            "installed, with CUDA and cuDNN libraries?); use --provider cpu"
+        )
+    return "cpu"
