@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from albert_onnx.runtime.bucketer import WINDOW_TEXTS
 from albert_onnx.runtime.manifest import ManifestError, load_manifest, verified_file
 
 SHORT_OP = {
@@ -140,6 +141,9 @@ def embed(
     threads: Annotated[
         int | None, typer.Option(help="CPU threads (default: cores available).")
     ] = None,
+    window_texts: Annotated[
+        int, typer.Option(help="Texts sorted together per window; also the shard size.")
+    ] = WINDOW_TEXTS,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Embed a JSONL corpus; vectors are written in input order with their ids."""
@@ -198,6 +202,7 @@ def embed(
                 dtype=dtype,
                 resume=resume,
                 force=force,
+                window_texts=window_texts,
                 on_batch=on_batch,
             )
     except (ManifestError, ProviderError, CorpusError, OutputError, ValueError) as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
 from albert_onnx.export.checkpoint import Checkpoint, resolve_checkpoint
 from albert_onnx.export.errors import ExportError
 from albert_onnx.export.graph import (

@@ -11,8 +11,9 @@ import warnings
 from pathlib import Path
 
 import torch
-from albert_onnx.export.errors import ExportError
 from torch import nn
+
+from albert_onnx.export.errors import ExportError
 
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 OUTPUT_NAMES = ["last_hidden_state", "sentence_embedding"]

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import onnx
+
 from albert_onnx.export.errors import ExportError
 
 GELU_FUSIONS = ("Gelu", "FastGelu", "BiasGelu")

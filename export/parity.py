@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from albert_onnx.export.graph import PooledAlbert
 from albert_onnx.runtime.bucketer import pad_batch
 from albert_onnx.runtime.tokenizer import TextTokenizer

@@ -11,8 +11,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from albert_onnx.export.errors import ExportError
 from tokenizers import Tokenizer
+
+from albert_onnx.export.errors import ExportError
 
 KIND_BY_MODEL = {"Unigram": "sentencepiece", "WordPiece": "wordpiece"}
 UNBOUNDED = 1_000_000

@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from albert_onnx.runtime.tokenizer import Encoded
 
 PAD_MULTIPLE = 8
+WINDOW_TEXTS = 4096  # texts sorted together: a larger window pads less but holds more memory
 
 
 def bucket_length(n: int) -> int:

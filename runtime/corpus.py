@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from albert_onnx.runtime.embedder import WINDOW_TEXTS, Counts, Embedder, OnBatch
+
+from albert_onnx.runtime.bucketer import WINDOW_TEXTS
+from albert_onnx.runtime.embedder import Counts, Embedder, OnBatch
 from albert_onnx.runtime.prefetch import ahead
 from albert_onnx.runtime.reader import BadLine, Blank, OnError, Record, read_jsonl
 from albert_onnx.runtime.writer import ShardWriter

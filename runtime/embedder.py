@@ -11,7 +11,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
-from albert_onnx.runtime.bucketer import make_batches
+
+from albert_onnx.runtime.bucketer import WINDOW_TEXTS, make_batches
 from albert_onnx.runtime.model_dir import open_model
 from albert_onnx.runtime.pooling import MODES, l2_normalize, pool
 from albert_onnx.runtime.prefetch import ahead
@@ -20,7 +21,6 @@ from albert_onnx.runtime.session import ModelSession
 from albert_onnx.runtime.tokenizer import Encoded, TextTokenizer
 
 DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 131072}
-WINDOW_TEXTS = 4096  # texts sorted together; more sorts better, costs memory
 LONG_TEXTS = ("truncate", "chunk")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from albert_onnx.runtime.providers import PROVIDER_NAMES, ProviderError, onnxruntime_module
 
 

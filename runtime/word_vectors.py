@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from albert_onnx.runtime.manifest import load_manifest, verified_file
 from tokenizers import Tokenizer
+
+from albert_onnx.runtime.manifest import load_manifest, verified_file
 
 METASPACE = "\u2581"  # SentencePiece's word-boundary piece carries no meaning of its own
 

@@ -120,3 +120,17 @@ def english_export(english_checkpoint, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("export") / "albert-small-onnx"
     export_model(str(english_checkpoint), output, quantize=True, fp16=True)
     return output
+
+
+def real_texts() -> list[str]:
+    """Real text of mixed lengths: WikiText paragraphs and headings, STS-B sentences."""
+    wiki = (DATA / "corpora" / "wikitext2_test_head300.txt").read_text(encoding="utf-8")
+    paragraphs = [line.strip() for line in wiki.splitlines() if line.strip()][:120]
+    return [text for pair in zip(paragraphs, sts_sentences()[:120], strict=True) for text in pair]
+
+
+def write_jsonl(path: Path, texts: list[str], id_prefix: str = "doc") -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for i, text in enumerate(texts):
+            f.write(json.dumps({"text": text, "doc_id": f"{id_prefix}{i}"}) + "\n")
+    return path

@@ -9,13 +9,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from transformers import AlbertModel
+
 from albert_onnx.export import exporter
 from albert_onnx.export.errors import ExportError
 from albert_onnx.export.exporter import export_model
 from albert_onnx.export.graph import pool
 from albert_onnx.runtime.manifest import FORMAT_VERSION, VARIANT_FILES, load_manifest
+
 from conftest import build_checkpoint, build_sentence_transformer
-from transformers import AlbertModel
 
 BATCH_SIZES = (1, 3, 8)
 LENGTHS = (5, 64, 300)

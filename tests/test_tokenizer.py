@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from transformers import AlbertTokenizer, BertTokenizer
+
 from albert_onnx.export.exporter import export_model
 from albert_onnx.runtime.manifest import load_manifest
 from albert_onnx.runtime.tokenizer import TextTokenizer
+
 from conftest import DATA, build_checkpoint, sts_sentences
-from transformers import AlbertTokenizer, BertTokenizer
 
 
 def runtime_tokenizer(model_dir) -> TextTokenizer:

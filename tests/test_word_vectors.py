@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from albert_onnx.runtime.word_vectors import WordVectors
 from transformers import AlbertModel
+
+from albert_onnx.runtime.word_vectors import WordVectors
 
 
 @pytest.fixture(scope="module")
