@@ -16,6 +16,7 @@ import numpy as np
 from albert_onnx.runtime.tokenizer import Encoded
 
 PAD_MULTIPLE = 8
+MAX_PADDING = 0.1  # a sorted batch pads a text by at most this share of its length
 WINDOW_TEXTS = 4096  # texts sorted together: a larger window pads less but holds more memory
 
 
@@ -48,26 +49,36 @@ def pad_batch(items: Sequence[Encoded], length: int) -> dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
 
 
-def make_batches(items: Sequence[Encoded], max_batch_tokens: int, sort: bool = True) -> list[Batch]:
+def make_batches(
+    items: Sequence[Encoded],
+    max_batch_tokens: int,
+    sort: bool = True,
+    max_padding: float = MAX_PADDING,
+) -> list[Batch]:
     """Cut ITEMS into batches of at most MAX_BATCH_TOKENS padded tokens (one text at least).
 
-    With SORT (the default) texts of similar length share a batch, longest first, so
-    padding is small; without it batches follow arrival order, as naive batching does.
+    With SORT (the default) texts are taken longest first and a batch only admits a text
+    that it pads by at most MAX_PADDING of the batch length (or one padding multiple):
+    without that bound a large budget lets one batch span 512 down to 100 tokens. Without
+    SORT batches follow arrival order, padded to their longest text, as naive batching does.
     """
     lengths = np.fromiter((len(item) for item in items), dtype=np.int64, count=len(items))
     order = np.argsort(-lengths, kind="stable") if sort else np.arange(len(items))
     batches, start = [], 0
     while start < len(order):
-        end, longest = start + 1, lengths[order[start]]
+        end, longest = start + 1, int(lengths[order[start]])
         while end < len(order):
-            candidate = max(longest, lengths[order[end]])
-            if (end - start + 1) * bucket_length(int(candidate)) > max_batch_tokens:
+            length = int(lengths[order[end]])
+            padded = bucket_length(max(longest, length))
+            if (end - start + 1) * padded > max_batch_tokens:
                 break
-            longest, end = candidate, end + 1
+            if sort and padded - length > max(PAD_MULTIPLE, max_padding * padded):
+                break
+            longest, end = max(longest, length), end + 1
         rows = order[start:end]
         batches.append(Batch(
             rows=rows,
-            inputs=pad_batch([items[i] for i in rows], bucket_length(int(longest))),
+            inputs=pad_batch([items[i] for i in rows], bucket_length(longest)),
             real_tokens=int(lengths[rows].sum()),
         ))  # fmt: skip
         start = end

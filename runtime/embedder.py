@@ -7,7 +7,7 @@ vectors = emb.embed(["first text", "second"])  # float32 (n, hidden), input orde
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +26,12 @@ LONG_TEXTS = ("truncate", "chunk")
 
 @dataclass
 class Counts:
-    """What one run saw; summed over windows for the final summary."""
+    """What embedding one window took; the writer sums them for the final summary."""
 
     docs: int = 0
     tokens: int = 0
     padded_tokens: int = 0
     truncated: int = 0
-
-    def add(self, other: Counts) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 OnBatch = Callable[[int, int], None]  # (docs finished, real tokens) after each batch

@@ -14,8 +14,12 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 def peak_rss_mb(args: list) -> float:
     """Run the CLI as a child and read that child's own peak RSS from wait4."""
-    process = subprocess.Popen([sys.executable, "-m", "albert_onnx", *map(str, args)], env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "albert_onnx", *map(str, args)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     _, status, usage = os.wait4(process.pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, process.stderr.read()
     return usage.ru_maxrss / 1024
@@ -30,9 +34,21 @@ def test_peak_rss_is_independent_of_corpus_size(english_export, tmp_path):
         with open(corpus, "w", encoding="utf-8") as f:
             for i in range(n):
                 f.write(json.dumps({"text": sentences[i % len(sentences)]}) + "\n")
-        peaks.append(peak_rss_mb(["embed", corpus, "--model", english_export, "--output",
-                                  tmp_path / f"v{n}.npy", "--window-texts", "1000",
-                                  "--no-progress"]))
+        peaks.append(
+            peak_rss_mb(
+                [
+                    "embed",
+                    corpus,
+                    "--model",
+                    english_export,
+                    "--output",
+                    tmp_path / f"v{n}.npy",
+                    "--window-texts",
+                    "1000",
+                    "--no-progress",
+                ]
+            )
+        )
     small, large = peaks
     # 10x the documents (and output) may not cost more than a few MB of extra peak memory
     assert large <= small * 1.05 + 8, peaks

@@ -1,0 +1,141 @@
+"""Runtime throughput on this CPU for an albert-base-v2-shaped model, end to end on real text.
+
+    python benchmarks/cpu_throughput.py [--out benchmarks/results]
+
+Exports a random-weight albert-base-v2-shaped checkpoint (real tokenizer) with --quantize,
+then embeds a real-text JSONL corpus (WikiText-2 paragraphs and headings + STS-B test
+sentences, from tests/data) through `embed_corpus`, tokenization included, for INT8 and
+fp32, sorted (length buckets) and in arrival order. All runs are in one process, so the
+ratios between them are comparable even on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+from random_albert import build
+
+from albert_onnx import Embedder
+from albert_onnx.export.exporter import export_model
+from albert_onnx.runtime.bucketer import make_batches
+from albert_onnx.runtime.corpus import embed_corpus
+from albert_onnx.runtime.providers import cpu_threads
+
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpora"
+
+
+def real_corpus(path: Path) -> int:
+    wiki = [
+        t.strip()
+        for t in (DATA / "wikitext2_test_head300.txt").read_text(encoding="utf-8").splitlines()
+        if t.strip()
+    ]
+    sts = [
+        s.strip()
+        for line in (DATA / "sts-test.csv").read_text(encoding="utf-8").splitlines()
+        for s in line.split("\t")[5:7]
+    ][:600]
+    texts = [t for pair in zip(wiki, sts[: len(wiki)], strict=False) for t in pair]
+    texts += sts[len(wiki) :]
+    with open(path, "w", encoding="utf-8") as f:
+        for i, text in enumerate(texts):
+            f.write(json.dumps({"id": i, "text": text}) + "\n")
+    return len(texts)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp())
+    model_dir = work / "albert-base-shape"
+    start = time.perf_counter()
+    export_model(str(build(work / "ckpt", "base")), model_dir, quantize=True)
+    export_seconds = time.perf_counter() - start
+    corpus = work / "corpus.jsonl"
+    docs = real_corpus(corpus)
+
+    runs = []
+    for precision in ("int8", "fp32"):
+        embedder = Embedder(model_dir, provider="cpu", precision=precision)
+        texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
+        encoded = [w for doc in embedder.tokenize(texts) for w in doc]
+        for bucketing in (True, False):
+            batches = make_batches(encoded, embedder.max_batch_tokens, sort=bucketing)
+            real = sum(b.real_tokens for b in batches)
+            padded = sum(b.padded_tokens for b in batches)
+            if bucketing:
+                summary = embed_corpus(embedder, corpus, work / f"{precision}.npy")
+                seconds = summary.seconds
+            else:  # naive: arrival order, padded to each batch's longest text
+                t0 = time.perf_counter()
+                embedder.embed_tokenized(embedder.tokenize(texts), bucketing=False)
+                seconds = time.perf_counter() - t0
+            runs.append(
+                {
+                    "precision": precision,
+                    "bucketing": bucketing,
+                    "docs": docs,
+                    "real_tokens": real,
+                    "padding_overhead": padded / real - 1,
+                    "seconds": seconds,
+                    "docs_per_s": docs / seconds,
+                    "real_tokens_per_s": real / seconds,
+                }
+            )
+            print(json.dumps(runs[-1]))
+
+    report = {
+        "command": "python benchmarks/cpu_throughput.py",
+        "machine": {
+            "cpu": cpu_model(),
+            "threads": cpu_threads(),
+            "python": platform.python_version(),
+        },
+        "versions": {
+            d: metadata.version(d)
+            for d in ("onnxruntime", "tokenizers", "numpy", "torch", "transformers")
+        },
+        "model": "albert-base-v2 shape (E=128, H=768, 12 layers), random weights, real tokenizer",
+        "max_batch_tokens": Embedder(model_dir, provider="cpu").max_batch_tokens,
+        "export_seconds": export_seconds,
+        "runs": runs,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cpu_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        "| precision | bucketing | docs/s | real tokens/s | padding overhead | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['precision']} | {'length-sorted' if r['bucketing'] else 'arrival order'} | "
+        f"{r['docs_per_s']:.1f} | {r['real_tokens_per_s']:,.0f} | "
+        f"{r['padding_overhead']:.1%} | {r['seconds']:.1f} |"
+        for r in runs
+    ]
+    (args.out / "cpu_throughput.md").write_text(
+        f"# CPU throughput ({report['machine']['cpu']}, {report['machine']['threads']} threads)\n\n"
+        f"Command: `{report['command']}`  \nModel: {report['model']}  \n"
+        f"Corpus: {docs} real texts (WikiText-2 + STS-B test)  \n"
+        f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
