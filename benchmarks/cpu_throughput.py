@@ -19,6 +19,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from corpora import mixed, sts_sentences, wikitext_lines, write_jsonl
 from random_albert import build
 
 from albert_onnx import Embedder
@@ -26,27 +27,6 @@ from albert_onnx.export.exporter import export_model
 from albert_onnx.runtime.bucketer import make_batches
 from albert_onnx.runtime.corpus import embed_corpus
 from albert_onnx.runtime.providers import cpu_threads
-
-DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "corpora"
-
-
-def real_corpus(path: Path) -> int:
-    wiki = [
-        t.strip()
-        for t in (DATA / "wikitext2_test_head300.txt").read_text(encoding="utf-8").splitlines()
-        if t.strip()
-    ]
-    sts = [
-        s.strip()
-        for line in (DATA / "sts-test.csv").read_text(encoding="utf-8").splitlines()
-        for s in line.split("\t")[5:7]
-    ][:600]
-    texts = [t for pair in zip(wiki, sts[: len(wiki)], strict=False) for t in pair]
-    texts += sts[len(wiki) :]
-    with open(path, "w", encoding="utf-8") as f:
-        for i, text in enumerate(texts):
-            f.write(json.dumps({"id": i, "text": text}) + "\n")
-    return len(texts)
 
 
 def cpu_model() -> str:
@@ -65,13 +45,13 @@ def main() -> None:
     start = time.perf_counter()
     export_model(str(build(work / "ckpt", "base")), model_dir, quantize=True)
     export_seconds = time.perf_counter() - start
-    corpus = work / "corpus.jsonl"
-    docs = real_corpus(corpus)
+    texts = mixed(wikitext_lines(), sts_sentences(("test",))[:600])
+    corpus = write_jsonl(work / "corpus.jsonl", texts)
+    docs = len(texts)
 
     runs = []
     for precision in ("int8", "fp32"):
         embedder = Embedder(model_dir, provider="cpu", precision=precision)
-        texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
         encoded = [w for doc in embedder.tokenize(texts) for w in doc]
         for bucketing in (True, False):
             batches = make_batches(encoded, embedder.max_batch_tokens, sort=bucketing)

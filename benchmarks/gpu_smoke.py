@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import tempfile
 import time
 from importlib import metadata
@@ -20,46 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AlbertConfig, AlbertModel
+from corpora import sts_sentences, wikitext_lines, write_jsonl
+from random_albert import build
+from transformers import AlbertModel
 
 from albert_onnx import Embedder
 from albert_onnx.export.exporter import export_model
 from albert_onnx.export.graph import pool
 from albert_onnx.runtime.corpus import embed_corpus
 from albert_onnx.runtime.session import ModelSession
-
-DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
-BASE = dict(
-    vocab_size=30000,
-    embedding_size=128,
-    hidden_size=768,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    intermediate_size=3072,
-    hidden_act="gelu_new",
-)
-
-
-def real_corpus(path: Path, copies: int) -> int:
-    """WikiText paragraphs + STS-B sentences, repeated COPIES times, as JSONL."""
-    wiki = [
-        t.strip()
-        for t in (DATA / "corpora" / "wikitext2_test_head300.txt")
-        .read_text(encoding="utf-8")
-        .splitlines()
-        if t.strip()
-    ]
-    sts = [
-        s
-        for split in ("train", "dev", "test")
-        for line in (DATA / "corpora" / f"sts-{split}.csv").read_text(encoding="utf-8").splitlines()
-        for s in line.split("\t")[5:7]
-    ]
-    texts = (wiki + sts) * copies
-    with open(path, "w", encoding="utf-8") as f:
-        for i, text in enumerate(texts):
-            f.write(json.dumps({"id": i, "text": text}) + "\n")
-    return len(texts)
 
 
 def random_batch(batch: int, length: int, rng) -> dict[str, np.ndarray]:
@@ -147,11 +115,7 @@ def main() -> None:
 
     onnxruntime.preload_dlls()
     work = Path(tempfile.mkdtemp())
-    torch.manual_seed(0)
-    checkpoint = work / "ckpt"
-    AlbertModel(AlbertConfig(**BASE)).save_pretrained(checkpoint)
-    for name in ("spiece.model", "tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(DATA / "albert-base-v2" / name, checkpoint)
+    checkpoint = build(work / "ckpt", "base")
     model_dir = work / "albert-base-shape"
     start = time.perf_counter()
     manifest = export_model(str(checkpoint), model_dir, quantize=True, fp16=True)
@@ -166,8 +130,9 @@ def main() -> None:
 
     embedder = Embedder(model_dir)
     report["auto_choice"] = [embedder.provider, embedder.precision]
-    corpus = work / "corpus.jsonl"
-    docs = real_corpus(corpus, args.copies)
+    texts = (wikitext_lines() + sts_sentences(("train", "dev", "test"))) * args.copies
+    corpus = write_jsonl(work / "corpus.jsonl", texts)
+    docs = len(texts)
     embed_corpus(embedder, corpus, work / "warm.npy", window_texts=4096)  # warm-up, same shapes
     summary = embed_corpus(embedder, corpus, work / "v.npy", id_field="id")
     report["end_to_end"] = {
@@ -179,12 +144,7 @@ def main() -> None:
         "padding_overhead": summary.padding_overhead,
     }
     gpu = np.load(work / "v.npy")[:2000]
-    cpu = Embedder(model_dir, provider="cpu", precision="fp32").embed(
-        [
-            json.loads(line)["text"]
-            for line in corpus.read_text(encoding="utf-8").splitlines()[:2000]
-        ]
-    )
+    cpu = Embedder(model_dir, provider="cpu", precision="fp32").embed(texts[:2000])
     cos = (gpu * cpu).sum(1) / np.linalg.norm(gpu, axis=1) / np.linalg.norm(cpu, axis=1)
     report["end_to_end"]["min_cosine_vs_cpu_fp32"] = float(cos.min())
 

@@ -4,12 +4,16 @@ real tokenizers in tests/data, and their exports, shared across the test session
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).parent / "data"
+OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 ENGLISH_TOKENIZER_FILES = (
     "spiece.model",
     "tokenizer.json",
@@ -134,3 +138,14 @@ def write_jsonl(path: Path, texts: list[str], id_prefix: str = "doc") -> Path:
         for i, text in enumerate(texts):
             f.write(json.dumps({"text": text, "doc_id": f"{id_prefix}{i}"}) + "\n")
     return path
+
+
+def run_cli(*args, **env) -> subprocess.CompletedProcess:
+    """`albert-onnx ARGS` as a user runs it: a separate process, offline."""
+    return subprocess.run(
+        [sys.executable, "-m", "albert_onnx", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**OFFLINE_ENV, **env},
+        timeout=600,
+    )

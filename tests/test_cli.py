@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1"}
-
-
-def albert_onnx(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "albert_onnx", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=OFFLINE,
-        timeout=600,
-    )
+from conftest import run_cli
 
 
 def test_export_then_info(english_checkpoint, tmp_path):
-    result = albert_onnx("export", english_checkpoint, "--output", tmp_path / "m", "--quantize")
+    result = run_cli("export", english_checkpoint, "--output", tmp_path / "m", "--quantize")
     assert result.returncode == 0, result.stderr
     assert "wrote" in result.stdout and "int8" in result.stdout
-    info = albert_onnx("info", tmp_path / "m")
+    info = run_cli("info", tmp_path / "m")
     assert info.returncode == 0, info.stderr
     assert "working providers: CPUExecutionProvider" in info.stdout
     assert "MISMATCH" not in info.stdout
@@ -37,11 +24,11 @@ def test_info_flags_a_changed_file(english_export, tmp_path):
     copy = shutil.copytree(english_export, tmp_path / "m")
     with open(copy / "model.int8.onnx", "ab") as f:
         f.write(b"\0")
-    assert "MISMATCH" in albert_onnx("info", copy).stdout
+    assert "MISMATCH" in run_cli("info", copy).stdout
 
 
 def test_hub_id_offline_fails_with_one_clear_sentence(tmp_path):
-    result = albert_onnx("export", "albert-base-v2", "--output", tmp_path / "m")
+    result = run_cli("export", "albert-base-v2", "--output", tmp_path / "m")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "could not fetch 'albert-base-v2'" in result.stderr
@@ -67,13 +54,13 @@ def test_bad_checkpoint_names_what_is_wrong(english_checkpoint, tmp_path, breaka
     else:
         (bad / "spiece.model").unlink()
         (bad / "tokenizer.json").unlink()
-    result = albert_onnx("export", bad, "--output", tmp_path / "m")
+    result = run_cli("export", bad, "--output", tmp_path / "m")
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_word_vectors_command(english_export):
-    result = albert_onnx("word-vectors", "parameters", "albert", "--model", english_export)
+    result = run_cli("word-vectors", "parameters", "albert", "--model", english_export)
     assert result.returncode == 0, result.stderr
     rows = [line.split("\t") for line in result.stdout.strip().splitlines()]
     assert [r[0] for r in rows] == ["parameters", "albert"]

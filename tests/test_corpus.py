@@ -16,19 +16,7 @@ from albert_onnx import Embedder
 from albert_onnx.runtime.corpus import embed_corpus
 from albert_onnx.runtime.reader import CorpusError
 
-from conftest import real_texts, write_jsonl
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
-
-
-def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "albert_onnx", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=600,
-    )
+from conftest import OFFLINE_ENV, real_texts, run_cli, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +39,7 @@ def test_bad_line_stops_the_run_naming_file_and_line(
 ):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_bytes(content)
-    result = cli(
+    result = run_cli(
         "embed", corpus, "--model", english_export, "--output", tmp_path / "v.npy", "--no-progress"
     )
     assert result.returncode == 1
@@ -163,7 +151,7 @@ class TestOutputFormats:
 def _run_and_kill(args: list, state_file, shards_before_kill: int) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "albert_onnx", *map(str, args)],
-        env=ENV,
+        env=OFFLINE_ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -197,7 +185,7 @@ def test_sigkill_then_resume_gives_identical_bytes(english_export, tmp_path):
         "1",
     ]
     reference = tmp_path / "full.npy"
-    assert cli("embed", corpus, "--output", reference, *common).returncode == 0
+    assert run_cli("embed", corpus, "--output", reference, *common).returncode == 0
     for kill_after in (1, 9):
         output = tmp_path / f"killed{kill_after}.npy"
         _run_and_kill(
@@ -206,9 +194,9 @@ def test_sigkill_then_resume_gives_identical_bytes(english_export, tmp_path):
             kill_after,
         )
         assert not output.exists()
-        again = cli("embed", corpus, "--output", output, *common)
+        again = run_cli("embed", corpus, "--output", output, *common)
         assert again.returncode == 1 and "--resume" in again.stderr
-        resumed = cli("embed", corpus, "--output", output, *common, "--resume")
+        resumed = run_cli("embed", corpus, "--output", output, *common, "--resume")
         assert resumed.returncode == 0, resumed.stderr
         assert "resumed after line" in resumed.stdout
         assert output.read_bytes() == reference.read_bytes()
@@ -226,7 +214,7 @@ def test_resume_refuses_changed_settings(english_export, tmp_path):
         tmp_path / "v.npy.parts" / "state.json",
         1,
     )
-    result = cli(
+    result = run_cli(
         "embed", corpus, "--output", tmp_path / "v.npy", *args, "--resume", "--pooling", "max"
     )
     assert result.returncode == 1 and "cannot resume, pooling changed" in result.stderr

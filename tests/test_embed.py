@@ -19,19 +19,7 @@ from albert_onnx.runtime.manifest import ManifestError
 from albert_onnx.runtime.providers import ProviderError, cpu_threads
 from albert_onnx.runtime.tokenizer import TextTokenizer
 
-from conftest import real_texts, write_jsonl
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
-
-
-def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "albert_onnx", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=600,
-    )
+from conftest import real_texts, run_cli, write_jsonl
 
 
 def pytorch_vectors(checkpoint, model_dir, texts: list[str], pooling: str = "mean") -> np.ndarray:
@@ -66,7 +54,7 @@ def test_embed_command_matches_pytorch_in_input_order_with_ids(
     precision, min_cosine, english_export, texts, reference, tmp_path
 ):
     corpus = write_jsonl(tmp_path / "corpus.jsonl", texts)
-    result = cli(
+    result = run_cli(
         "embed",
         corpus,
         "--model",
@@ -203,10 +191,19 @@ class TestManifestIsCheckedFirst:
             f.seek(1000)
             f.write(b"\xff\xff")
         corpus = write_jsonl(tmp_path / "c.jsonl", ["text"])
-        result = cli("embed", corpus, "--model", copy, "--output", tmp_path / "v.npy")
+        result = run_cli("embed", corpus, "--model", copy, "--output", tmp_path / "v.npy")
         assert result.returncode == 1
         assert "model.int8.onnx: sha256" in result.stderr and "does not match" in result.stderr
         assert not (tmp_path / "v.npy").exists()
+
+
+def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
+    from albert_onnx.runtime import model_dir
+
+    monkeypatch.delenv(model_dir.ENV_MODEL, raising=False)
+    monkeypatch.setattr(model_dir, "default_model_dir", lambda: tmp_path / "missing")
+    with pytest.raises(ManifestError, match=r"default model is not installed.*--model DIR"):
+        Embedder()
 
 
 def test_default_model_is_resolvable(english_export, tmp_path, monkeypatch):
@@ -218,20 +215,12 @@ def test_default_model_is_resolvable(english_export, tmp_path, monkeypatch):
     monkeypatch.setenv(model_dir.ENV_MODEL, str(english_export))
     assert Embedder().model_dir == english_export
     corpus = write_jsonl(tmp_path / "c.jsonl", ["hello world"])
-    env = {**ENV, model_dir.ENV_MODEL: str(english_export)}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "albert_onnx",
-            "embed",
-            str(corpus),
-            "--output",
-            str(tmp_path / "v.npy"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    result = run_cli(
+        "embed",
+        corpus,
+        "--output",
+        tmp_path / "v.npy",
+        **{model_dir.ENV_MODEL: str(english_export)},
     )
     assert result.returncode == 0, result.stderr
 

@@ -7,16 +7,14 @@ import os
 import subprocess
 import sys
 
-from conftest import sts_sentences
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+from conftest import OFFLINE_ENV, sts_sentences
 
 
 def peak_rss_mb(args: list) -> float:
     """Run the CLI as a child and read that child's own peak RSS from wait4."""
     process = subprocess.Popen(
         [sys.executable, "-m", "albert_onnx", *map(str, args)],
-        env=ENV,
+        env=OFFLINE_ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
