@@ -44,7 +44,8 @@ from albert_onnx.runtime.tokenizer import TextTokenizer
 FP32_MAX_ABS_DIFF = 1e-4
 MIN_POOLED_COSINE = 0.99
 OPSET = 17
-TOOLS = ("albert-onnx", "torch", "transformers", "onnx", "onnxruntime", "tokenizers")
+TOOLS = ("albert-onnx", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu",
+         "tokenizers")  # fmt: skip
 
 Log = Callable[[str], None]
 
@@ -248,10 +249,9 @@ def _write_manifest(
 
 def _tool_versions() -> dict[str, str]:
     versions = {}
-    for name in TOOLS:
-        for dist in (name, f"{name}-gpu"):
-            try:
-                versions[dist] = metadata.version(dist)
-            except metadata.PackageNotFoundError:
-                continue
+    for dist in TOOLS:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
     return versions
