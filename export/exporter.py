@@ -64,7 +64,8 @@ def export_model(
 ) -> Manifest:
     """Export MODEL (directory or hub id) to OUTPUT; returns the manifest it wrote."""
     output = Path(output)
-    if output.exists() and any(output.iterdir()) and not force:
+    occupied = output.is_file() or (output.is_dir() and any(output.iterdir()))
+    if occupied and not force:
         raise ExportError(f"{output} already exists and is not empty; pass --force to replace it")
     checkpoint = resolve_checkpoint(model, revision)
     pooling = pooling or checkpoint.pooling or "mean"
@@ -76,8 +77,10 @@ def export_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         manifest = _build(checkpoint, staging, quantize, fp16, pooling, normalize, log)
-        if output.exists():
+        if output.is_dir():
             shutil.rmtree(output)
+        elif output.exists():
+            output.unlink()
         staging.rename(output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

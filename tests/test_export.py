@@ -232,6 +232,15 @@ class TestRefusals:
         export_model(str(english_checkpoint), output, force=True)
         assert not (output / "keep.txt").exists() and (output / "model.onnx").is_file()
 
+    def test_output_that_is_a_file_needs_force(self, tmp_path, english_checkpoint):
+        output = tmp_path / "out"
+        output.write_text("mine")
+        with pytest.raises(ExportError, match="--force"):
+            export_model(str(english_checkpoint), output)
+        assert output.read_text() == "mine"
+        export_model(str(english_checkpoint), output, force=True)
+        assert (output / "model.onnx").is_file()
+
     def test_parity_failure_fails_the_export_and_writes_nothing(
         self, tmp_path, english_checkpoint, monkeypatch
     ):
