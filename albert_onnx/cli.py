@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,10 @@ SHORT_OP = {
     "EmbedLayerNormalization": "EmbedLN",
     "LayerNormalization": "LN",
 }
+ModelOption = Annotated[
+    Path | None, typer.Option("--model", "-m", help="Model directory (default: the shipped model).")
+]
+ProviderOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -39,6 +44,9 @@ def export(
     ] = Path("models/albert-base-v2"),
     quantize: Annotated[bool, typer.Option(help="Also write INT8 model.int8.onnx (CPU).")] = False,
     fp16: Annotated[bool, typer.Option(help="Also write fused model.fp16.onnx (CUDA).")] = False,
+    fp32: Annotated[
+        bool, typer.Option(help="Keep model.onnx; --no-fp32 ships only INT8/fp16, smaller.")
+    ] = True,
     pooling: Annotated[
         str | None, typer.Option(help="mean, cls or max (default: the checkpoint's, else mean).")
     ] = None,
@@ -61,6 +69,7 @@ def export(
             output,
             quantize=quantize,
             fp16=fp16,
+            keep_fp32=fp32,
             force=force,
             pooling=pooling,
             normalize=normalize,
@@ -76,6 +85,7 @@ def export(
 @app.command()
 def info(model_dir: Annotated[Path, typer.Argument(help="Model directory.")]) -> None:
     """Describe a model directory and the execution providers that work on this machine."""
+    from albert_onnx.runtime.model_dir import cuda_probe_graph
     from albert_onnx.runtime.providers import ProviderError, cuda_works, installed_runtimes
 
     try:
@@ -99,7 +109,7 @@ def info(model_dir: Annotated[Path, typer.Argument(help="Model directory.")]) ->
             "each other. pip uninstall -y onnxruntime onnxruntime-gpu, then install one.[/]"
         )
     try:
-        probe = model_dir / manifest.variants["fp32"].file
+        probe = cuda_probe_graph(model_dir, manifest)
         working = ["CPUExecutionProvider"] + (
             ["CUDAExecutionProvider"] if cuda_works(str(probe)) else []
         )
@@ -112,15 +122,12 @@ def info(model_dir: Annotated[Path, typer.Argument(help="Model directory.")]) ->
 def embed(
     corpus: Annotated[Path, typer.Argument(help="JSONL corpus, one object per line.")],
     output: Annotated[Path, typer.Option("--output", "-o", help=".npy, .npz, .parquet or .jsonl")],
-    model: Annotated[
-        Path | None,
-        typer.Option("--model", "-m", help="Model directory (default: the shipped model)."),
-    ] = None,
+    model: ModelOption = None,
     text_field: Annotated[str, typer.Option(help="JSON field holding the text.")] = "text",
     id_field: Annotated[
         str | None, typer.Option(help="JSON field holding the id (default: line number).")
     ] = None,
-    provider: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    provider: ProviderOption = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, int8 or fp16.")] = "auto",
     pooling: Annotated[
         str | None, typer.Option(help="mean, cls, max or none (default: the model's).")
@@ -221,6 +228,44 @@ def embed(
         highlight=False,
     )
     out.print(f"wrote {', '.join(summary.outputs)}", highlight=False)
+
+
+@app.command()
+def bench(
+    model: ModelOption = None,
+    provider: ProviderOption = "auto",
+    precision: Annotated[
+        list[str] | None, typer.Option(help="Variant(s) to time (default: all for the provider).")
+    ] = None,
+    corpus: Annotated[
+        Path | None, typer.Option(help="JSONL corpus to time on (default: built-in texts).")
+    ] = None,
+    text_field: Annotated[str, typer.Option(help="JSON field holding the text.")] = "text",
+    texts: Annotated[int, typer.Option(help="How many texts to time.")] = 512,
+) -> None:
+    """Time each model variant on this machine (tokens/s end to end), to choose one."""
+    from albert_onnx.runtime.bench import bench as run_bench
+    from albert_onnx.runtime.bench import sample_texts
+    from albert_onnx.runtime.providers import ProviderError
+    from albert_onnx.runtime.reader import CorpusError, Record, read_jsonl
+
+    try:
+        if corpus is None:
+            sample = sample_texts(texts)
+        else:
+            items = read_jsonl(corpus, text_field=text_field)
+            sample = [r.text for r in itertools.islice(
+                (i for i in items if isinstance(i, Record)), texts)]  # fmt: skip
+        table = Table("provider", "variant", "batching", "tokens/s", "docs/s", "padding",
+                      "start s")  # fmt: skip
+        for row in run_bench(model, sample, provider, precision):
+            table.add_row(row.provider, row.precision, row.batching, f"{row.tokens_per_s:,.0f}",
+                          f"{row.docs_per_s:,.1f}", f"{row.padding_overhead:.1%}",
+                          f"{row.start_seconds:.2f}")  # fmt: skip
+    except (ManifestError, ProviderError, CorpusError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from exc
+    out.print(f"{len(sample)} texts, end to end (tokenization included), one warm-up pass each")
+    out.print(table)
 
 
 @app.command("word-vectors")

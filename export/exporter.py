@@ -56,14 +56,21 @@ def export_model(
     *,
     quantize: bool = False,
     fp16: bool = False,
+    keep_fp32: bool = True,
     force: bool = False,
     pooling: str | None = None,
     normalize: bool | None = None,
     revision: str | None = None,
     log: Log = lambda _: None,
 ) -> Manifest:
-    """Export MODEL (directory or hub id) to OUTPUT; returns the manifest it wrote."""
+    """Export MODEL (directory or hub id) to OUTPUT; returns the manifest it wrote.
+
+    With keep_fp32=False the fp32 graph is still built and parity-checked (the others are
+    derived from it) but left out of OUTPUT: a smaller directory to ship.
+    """
     output = Path(output)
+    if not keep_fp32 and not (quantize or fp16):
+        raise ExportError("leaving out fp32 needs --quantize or --fp16: nothing would be left")
     occupied = output.is_file() or (output.is_dir() and any(output.iterdir()))
     if occupied and not force:
         raise ExportError(f"{output} already exists and is not empty; pass --force to replace it")
@@ -76,7 +83,7 @@ def export_model(
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
-        manifest = _build(checkpoint, staging, quantize, fp16, pooling, normalize, log)
+        manifest = _build(checkpoint, staging, quantize, fp16, keep_fp32, pooling, normalize, log)
         if output.is_dir():
             shutil.rmtree(output)
         elif output.exists():
@@ -92,6 +99,7 @@ def _build(
     staging: Path,
     quantize: bool,
     fp16: bool,
+    keep_fp32: bool,
     pooling: str,
     normalize: bool,
     log: Log,
@@ -143,6 +151,9 @@ def _build(
         parity = probe.measure(path)
         _check_parity(name, parity)
         variants[name] = _describe(path, name, parity, fused.get(name, {}))
+    if not keep_fp32:
+        fp32_path.unlink()
+        del variants["fp32"]
 
     log("word embeddings")
     word_embeddings = _write_word_embeddings(albert, staging)

@@ -64,12 +64,17 @@ def put_residual_second(model: onnx.ModelProto) -> int:
 
 
 def quantize_int8(source: Path, destination: Path) -> None:
-    """Dynamic INT8 for the CPU provider: weights once, activations quantized per batch."""
+    """Dynamic INT8 for the CPU provider: weights once, activations quantized per batch.
+
+    The embedding tables (Gather) are stored in INT8 too: for albert-base that halves the
+    file (23 -> 12 MB) because the V x E table is most of what is left, and on the
+    all-MiniLM-L6-v2 teacher it moved STS-B test Spearman by +0.0015 (noise).
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)  # silence its generic "run pre-processing" hint
     quantize_dynamic(
-        source, destination, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8
+        source, destination, op_types_to_quantize=["MatMul", "Gather"], weight_type=QuantType.QInt8
     )
 
 

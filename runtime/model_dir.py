@@ -12,7 +12,8 @@ from albert_onnx.runtime.manifest import Manifest, ManifestError, load_manifest,
 from albert_onnx.runtime.providers import choose_provider
 
 ENV_MODEL = "ALBERT_ONNX_MODEL"
-PREFERRED = {"cuda": ("fp16", "fp32"), "cpu": ("int8", "fp32")}
+# Best first; the last entries only matter for directories shipped without some variants.
+PREFERRED = {"cuda": ("fp16", "fp32", "int8"), "cpu": ("int8", "fp32", "fp16")}
 
 
 def default_model_dir() -> Path:
@@ -35,6 +36,12 @@ def resolve_model(model: str | Path | None) -> Path:
     return path
 
 
+def cuda_probe_graph(directory: Path, manifest: Manifest) -> Path:
+    """The graph a CUDA session is tried on: the one CUDA would run."""
+    name = next(p for p in PREFERRED["cuda"] if p in manifest.variants)
+    return directory / manifest.variants[name].file
+
+
 @dataclass(frozen=True)
 class ModelChoice:
     directory: Path
@@ -52,8 +59,7 @@ def open_model(
     directory = resolve_model(model)
     manifest = load_manifest(directory)
     available = set(manifest.variants)
-    probe_variant = "fp16" if "fp16" in available else "fp32"
-    chosen_provider = choose_provider(provider, directory / manifest.variants[probe_variant].file)
+    chosen_provider = choose_provider(provider, cuda_probe_graph(directory, manifest))
     if precision == "auto":
         precision = next(p for p in PREFERRED[chosen_provider] if p in available)
     elif precision not in available:

@@ -66,3 +66,65 @@ def test_word_vectors_command(english_export):
     assert [r[0] for r in rows] == ["parameters", "albert"]
     assert [r[1] for r in rows] == ["▁parameters", "▁albert"]
     assert all(len(r[2].split()) == 32 for r in rows)
+
+
+def test_bench_times_every_cpu_variant_in_both_batchings(english_export, tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(
+        "\n".join(json.dumps({"body": f"text number {i} " * (i % 9 + 1)}) for i in range(40)) + "\n"
+    )
+    result = run_cli(
+        "bench",
+        "--model",
+        english_export,
+        "--provider",
+        "cpu",
+        "--corpus",
+        corpus,
+        "--text-field",
+        "body",
+        "--texts",
+        "24",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "24 texts" in result.stdout
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:4]]
+        for line in result.stdout.splitlines()
+        if "│ cpu" in line
+    ]
+    assert rows == [
+        ["cpu", "int8", "sorted"],
+        ["cpu", "int8", "arrival"],
+        ["cpu", "fp32", "sorted"],
+        ["cpu", "fp32", "arrival"],
+    ]
+
+
+def test_bench_refuses_a_corpus_with_a_bad_line(english_export, tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "fine"}\n{"text": 3}\n')
+    result = run_cli("bench", "--model", english_export, "--corpus", corpus)
+    assert result.returncode == 1
+    assert f"{corpus}:2: field 'text' is int, not a string" in result.stderr
+
+
+def test_export_without_fp32_ships_only_the_derived_variants(english_checkpoint, tmp_path):
+    result = run_cli("export", english_checkpoint, "-o", tmp_path / "m", "--quantize", "--no-fp32")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "m" / "albert_onnx.json").read_text())
+    assert set(manifest["variants"]) == {"int8"}
+    assert not (tmp_path / "m" / "model.onnx").exists()
+    info = run_cli("info", tmp_path / "m")
+    assert info.returncode == 0 and "MISMATCH" not in info.stdout, info.stderr
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "still embeds"}\n')
+    embed = run_cli("embed", corpus, "--model", tmp_path / "m", "-o", tmp_path / "v.npy")
+    assert embed.returncode == 0 and "int8 on cpu" in embed.stderr, embed.stderr
+
+
+def test_export_refuses_to_leave_nothing(english_checkpoint, tmp_path):
+    result = run_cli("export", english_checkpoint, "-o", tmp_path / "m", "--no-fp32")
+    assert result.returncode == 1
+    assert "leaving out fp32 needs --quantize or --fp16" in result.stderr
+    assert not (tmp_path / "m").exists()
