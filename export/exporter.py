@@ -42,6 +42,7 @@ from albert_onnx.runtime.manifest import (
 from albert_onnx.runtime.tokenizer import TextTokenizer
 
 FP32_MAX_ABS_DIFF = 1e-4
+FP32_OWN_ERROR_FACTOR = 2.0  # x PyTorch's own fp32-vs-float64 error on the same probes
 MIN_POOLED_COSINE = 0.99
 OPSET = 17
 TOOLS = ("albert-onnx", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu",
@@ -164,10 +165,15 @@ def _build(
 
 def _check_parity(name: str, parity: dict) -> None:
     diff, cosine = parity["max_abs_diff_last_hidden_state"], parity["min_cosine_sentence_embedding"]
-    if name == "fp32" and not diff <= FP32_MAX_ABS_DIFF:
+    # fp32 ONNX must be as close to PyTorch as PyTorch's own fp32 is to float64, and never
+    # looser than 1e-4 unless the model itself rounds that much.
+    limit = max(
+        FP32_MAX_ABS_DIFF, FP32_OWN_ERROR_FACTOR * parity["pytorch_fp32_vs_fp64_max_abs_diff"]
+    )
+    if name == "fp32" and not diff <= limit:
         raise ExportError(
-            f"parity failed: fp32 ONNX differs from PyTorch by {diff:.2e} "
-            f"(limit {FP32_MAX_ABS_DIFF:.0e})"
+            f"parity failed: fp32 ONNX differs from PyTorch by {diff:.2e} (limit {limit:.1e}: "
+            f"1e-4, or twice PyTorch's own fp32 error against float64)"
         )
     if not cosine >= MIN_POOLED_COSINE:
         raise ExportError(

@@ -69,12 +69,20 @@ def quantize_int8(source: Path, destination: Path) -> None:
     The embedding tables (Gather) are stored in INT8 too: for albert-base that halves the
     file (23 -> 12 MB) because the V x E table is most of what is left, and on the
     all-MiniLM-L6-v2 teacher it moved STS-B test Spearman by +0.0015 (noise).
+    The E -> H projection stays fp32: it is 0.1% of the compute, and in the distilled default
+    model its per-tensor INT8 weights alone took pooled cosine to PyTorch down to 0.03.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)  # silence its generic "run pre-processing" hint
+    graph = onnx.load(source, load_external_data=False).graph
+    projection = [n.name for n in graph.node if "embedding_hidden_mapping_in" in n.name]
     quantize_dynamic(
-        source, destination, op_types_to_quantize=["MatMul", "Gather"], weight_type=QuantType.QInt8
+        source,
+        destination,
+        op_types_to_quantize=["MatMul", "Gather"],
+        nodes_to_exclude=projection,
+        weight_type=QuantType.QInt8,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +30,26 @@ def probe_texts() -> list[str]:
 
 
 class ParityProbe:
-    """Runs the probes through PyTorch once, then compares any ONNX graph against that."""
+    """Runs the probes through PyTorch once, then compares any ONNX graph against that.
+
+    PyTorch also runs them in float64, so that the fp32 gate can tell an export error from
+    the model's own fp32 rounding: a trained model with a shared layer applied many times can
+    amplify rounding far past 1e-4, in PyTorch as much as in onnxruntime.
+    """
 
     def __init__(self, model: PooledAlbert, tokenizer: TextTokenizer) -> None:
         encoded = tokenizer.encode(probe_texts())
         self.inputs = pad_batch(encoded, max(len(e) for e in encoded))
+        tensors = [
+            torch.from_numpy(self.inputs[k])
+            for k in ("input_ids", "attention_mask", "token_type_ids")
+        ]
         with torch.no_grad():
-            hidden, pooled = model(
-                *(
-                    torch.from_numpy(self.inputs[k])
-                    for k in ("input_ids", "attention_mask", "token_type_ids")
-                )
-            )
+            hidden, pooled = model(*tensors)
+            hidden64, _ = copy.deepcopy(model).double()(*tensors)
         self.hidden, self.pooled = hidden.numpy(), pooled.numpy()
+        valid = self.inputs["attention_mask"].astype(bool)
+        self.torch_fp32_error = float(np.abs(self.hidden - hidden64.numpy())[valid].max())
         self.lengths = [len(e) for e in encoded]
 
     def measure(self, graph: Path) -> dict[str, Any]:
@@ -56,6 +64,7 @@ class ParityProbe:
         return {
             "max_abs_diff_last_hidden_state": float(np.abs(hidden - self.hidden)[valid].max()),
             "min_cosine_sentence_embedding": float(cosine.min()),
+            "pytorch_fp32_vs_fp64_max_abs_diff": self.torch_fp32_error,
             "probe_lengths": self.lengths,
             "provider": "CPUExecutionProvider",
         }

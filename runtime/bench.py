@@ -62,7 +62,8 @@ def bench(
 ) -> Iterator[BenchRow]:
     """Time each available variant on TEXTS; yields a row per (variant, batching)."""
     choice = open_model(model, provider)
-    available = [p for p in PREFERRED[choice.provider] if p in choice.manifest.variants]
+    # the variants meant for this provider: fp16 on a CPU, or INT8 on CUDA, only on request
+    available = [p for p in PREFERRED[choice.provider][:2] if p in choice.manifest.variants]
     for precision in precisions or available:
         start = time.perf_counter()
         embedder = Embedder(choice.directory, provider=choice.provider, precision=precision)
