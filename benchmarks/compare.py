@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from corpora import mixed, sts_sentences, wikitext_lines, write_jsonl
+from machine import cpu_description
 from random_albert import SHAPES, build
 
 from albert_onnx.export.exporter import export_model
@@ -55,24 +55,6 @@ OPTIMUM_VERSIONS = (
     "sentence-transformers",
     "torch",
 )
-
-
-def cpu_description() -> dict:
-    flags: list[str] = []
-    model = platform.processor()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "fma")
-            flags = [f for f in line.split(":", 1)[1].split() if f in wanted]
-    return {
-        "cpu": model,
-        "flags": flags,
-        "threads": cpu_threads(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-    }
 
 
 def stress_ids(model_dir: Path, texts: list[str]) -> np.ndarray:

@@ -32,6 +32,7 @@ def naive_batches(n: int) -> Iterator[list[int]]:
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The runtime's mean pooling, restated: optimum's virtualenv has no albert_onnx."""
     weights = mask[..., None].astype(hidden.dtype)
     return (hidden * weights).sum(1) / np.maximum(weights.sum(1), 1.0)
 

@@ -13,27 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 
 from corpora import mixed, sts_sentences, wikitext_lines, write_jsonl
+from machine import cpu_description
 from random_albert import build
 
 from albert_onnx import Embedder
 from albert_onnx.export.exporter import export_model
-from albert_onnx.runtime.bucketer import make_batches
 from albert_onnx.runtime.corpus import embed_corpus
-from albert_onnx.runtime.providers import cpu_threads
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:
@@ -52,18 +43,15 @@ def main() -> None:
     runs = []
     for precision in ("int8", "fp32"):
         embedder = Embedder(model_dir, provider="cpu", precision=precision)
-        encoded = [w for doc in embedder.tokenize(texts) for w in doc]
         for bucketing in (True, False):
-            batches = make_batches(encoded, embedder.max_batch_tokens, sort=bucketing)
-            real = sum(b.real_tokens for b in batches)
-            padded = sum(b.padded_tokens for b in batches)
             if bucketing:
                 summary = embed_corpus(embedder, corpus, work / f"{precision}.npy")
-                seconds = summary.seconds
+                seconds, real, padded = summary.seconds, summary.tokens, summary.padded_tokens
             else:  # naive: arrival order, padded to each batch's longest text
                 t0 = time.perf_counter()
-                embedder.embed_tokenized(embedder.tokenize(texts), bucketing=False)
+                _, counts = embedder.embed_tokenized(embedder.tokenize(texts), bucketing=False)
                 seconds = time.perf_counter() - t0
+                real, padded = counts.tokens, counts.padded_tokens
             runs.append(
                 {
                     "precision": precision,
@@ -80,11 +68,7 @@ def main() -> None:
 
     report = {
         "command": "python benchmarks/cpu_throughput.py",
-        "machine": {
-            "cpu": cpu_model(),
-            "threads": cpu_threads(),
-            "python": platform.python_version(),
-        },
+        "machine": cpu_description(),
         "versions": {
             d: metadata.version(d)
             for d in ("onnxruntime", "tokenizers", "numpy", "torch", "transformers")

@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from albert_onnx.runtime.bucketer import make_batches
 from albert_onnx.runtime.embedder import Embedder
 from albert_onnx.runtime.model_dir import PREFERRED, open_model
 
@@ -58,9 +57,8 @@ def bench(
     texts: list[str],
     provider: str = "auto",
     precisions: list[str] | None = None,
-    naive: bool = True,
 ) -> Iterator[BenchRow]:
-    """Time each available variant on TEXTS; yields a row per (variant, batching)."""
+    """Time each available variant on TEXTS, length-sorted and in arrival order."""
     choice = open_model(model, provider)
     # the variants meant for this provider: fp16 on a CPU, or INT8 on CUDA, only on request
     available = [p for p in PREFERRED[choice.provider][:2] if p in choice.manifest.variants]
@@ -69,22 +67,16 @@ def bench(
         embedder = Embedder(choice.directory, provider=choice.provider, precision=precision)
         start_seconds = time.perf_counter() - start
         embedder.embed(texts[:32])  # warm-up: first-run allocations are not throughput
-        modes = (True, False) if naive else (True,)
-        for sorted_batches in modes:
-            docs = embedder.tokenize(texts)
-            windows = [w for doc in docs for w in doc]
-            batches = make_batches(windows, embedder.max_batch_tokens, sort=sorted_batches)
-            real = sum(b.real_tokens for b in batches)
-            padded = sum(b.padded_tokens for b in batches)
+        for sorted_batches in (True, False):
             start = time.perf_counter()
-            embedder.embed_tokenized(embedder.tokenize(texts), bucketing=sorted_batches)
+            _, counts = embedder.embed_tokenized(embedder.tokenize(texts), bucketing=sorted_batches)
             yield BenchRow(
                 provider=embedder.provider,
                 precision=embedder.precision,
                 batching="sorted" if sorted_batches else "arrival",
                 docs=len(texts),
-                tokens=real,
-                padding_overhead=padded / real - 1,
+                tokens=counts.tokens,
+                padding_overhead=counts.padded_tokens / counts.tokens - 1,
                 seconds=time.perf_counter() - start,
                 start_seconds=start_seconds,
             )

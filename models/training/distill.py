@@ -42,7 +42,9 @@ from teacher import load_teacher, teacher_dir
 from tokenizers import Tokenizer
 from torch import nn
 
+from albert_onnx.export.graph import pool
 from albert_onnx.export.tokenizer_files import write_tokenizer
+from albert_onnx.runtime.bucketer import pad_batch
 from albert_onnx.runtime.tokenizer import TextTokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -193,20 +195,16 @@ class Batches:
 
 
 def pad(encoded: list, indices: list[int]) -> dict[str, torch.Tensor]:
-    width = max(len(encoded[i]) for i in indices)
-    ids = torch.zeros((len(indices), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, i in enumerate(indices):
-        ids[row, : len(encoded[i])] = torch.from_numpy(encoded[i].ids.astype(np.int64))
-        mask[row, : len(encoded[i])] = 1
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    """The runtime's own padding, to the batch's longest text, as torch tensors."""
+    rows = [encoded[i] for i in indices]
+    inputs = pad_batch(rows, max(len(row) for row in rows))
+    return {name: torch.from_numpy(array) for name, array in inputs.items()}
 
 
 def sentence_vectors(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean pooling exactly as the exported graph computes it, then L2 (as the manifest)."""
     hidden = model(**inputs).last_hidden_state
-    mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-    return nn.functional.normalize(pooled, dim=-1)
+    return nn.functional.normalize(pool(hidden, inputs["attention_mask"], "mean"), dim=-1)
 
 
 @torch.no_grad()

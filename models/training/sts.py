@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from albert_onnx.runtime.pooling import l2_normalize
+
 
 def read_pairs(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     """(first sentences, second sentences, gold scores 0..5) of one STS-B csv split."""
@@ -35,6 +37,4 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def cosine_spearman(first: np.ndarray, second: np.ndarray, gold: np.ndarray) -> float:
     """Spearman between the pairs' cosine similarities and the gold scores."""
-    first = first / np.linalg.norm(first, axis=1, keepdims=True)
-    second = second / np.linalg.norm(second, axis=1, keepdims=True)
-    return spearman((first * second).sum(1), gold)
+    return spearman((l2_normalize(first) * l2_normalize(second)).sum(1), gold)
