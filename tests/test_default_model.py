@@ -20,7 +20,7 @@ from sts import cosine_spearman, read_pairs
 
 # STS-B test Spearman measured at release (models/training/sts_eval.json) minus a margin
 # for onnxruntime versions and CPUs: a drop below this is a broken model, not noise.
-MIN_INT8_SPEARMAN = 0.73  # measured 0.7436
+MIN_INT8_SPEARMAN = 0.75  # measured 0.7654
 
 
 @pytest.fixture

@@ -18,8 +18,11 @@ The student is warm-started from the teacher so that a short CPU run gets far:
   scaled down (repeating a full teacher layer six times wrecks the signal, while a damped
   one starts near the teacher's bag of word vectors); the layer and the damping that score
   best on STS-B dev are kept.
-The loss is 1 - cosine to the teacher's normalized vector plus the squared error between the
-batch's student and teacher cosine-similarity matrices (what STS actually measures).
+The loss is 1 - cosine to the teacher's normalized vector, plus the squared error between the
+batch's student and teacher cosine-similarity matrices (what STS actually measures), plus the
+same error over the near pairs alone (a text and its variants, see augment.py), which would
+otherwise be a few hundred of the batch's 16,000 pairs.
+--resume continues from a trained student instead of warm-starting a new one.
 STS-B dev is checked every --eval-every steps and the best state is saved; the test split is
 only touched by evaluate.py, through the ONNX runtime.
 """
@@ -174,22 +177,32 @@ def copy_layer(bert_layer: nn.Module, albert_layer: nn.Module, damping: float) -
 
 
 class Batches:
-    """Length-sorted batches from shuffled pools, so padding stays small and order random."""
+    """Length-sorted batches from shuffled pools, so padding stays small and order random.
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int) -> None:
-        self.lengths, self.batch_size = lengths, batch_size
+    A group (a text and its variants: consecutive lines with one group number) always lands
+    in one batch, so the loss sees its near pairs.
+    """
+
+    def __init__(self, lengths: np.ndarray, groups: np.ndarray, batch_size: int, seed: int):
+        bounds = [*np.flatnonzero(np.diff(groups)) + 1, len(groups)]
+        self.groups = [list(range(a, b)) for a, b in zip([0, *bounds[:-1]], bounds, strict=True)]
+        self.longest = [max(lengths[i] for i in group) for group in self.groups]
+        self.batch_size = batch_size
         self.rng = random.Random(seed)
 
     def __iter__(self):
         while True:
-            order = list(range(len(self.lengths)))
+            order = list(range(len(self.groups)))
             self.rng.shuffle(order)
             pool_size = self.batch_size * 64
             for start in range(0, len(order), pool_size):
-                pool = sorted(order[start : start + pool_size], key=lambda i: self.lengths[i])
-                batches = [
-                    pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)
-                ]
+                batches, batch = [], []
+                for g in sorted(order[start : start + pool_size], key=self.longest.__getitem__):
+                    batch += self.groups[g]
+                    if len(batch) >= self.batch_size:
+                        batches.append(batch)
+                        batch = []
+                batches += [batch] if batch else []
                 self.rng.shuffle(batches)
                 yield from batches
 
@@ -299,15 +312,23 @@ def train(args: argparse.Namespace) -> None:
 
     texts = args.texts.read_text(encoding="utf-8").splitlines()
     targets = torch.from_numpy(np.load(args.targets))
-    if len(targets) != len(texts):
-        raise SystemExit(f"{args.targets}: {len(targets)} vectors for {len(texts)} texts")
+    groups_file = args.texts.with_suffix(".groups.npy")
+    groups = np.load(groups_file) if groups_file.exists() else np.arange(len(texts))
+    for name, rows in ((args.targets, targets), (groups_file, groups)):
+        if len(rows) != len(texts):
+            raise SystemExit(f"{name}: {len(rows)} rows for {len(texts)} texts")
     if args.limit:
-        texts, targets = texts[: args.limit], targets[: args.limit]
+        texts, targets, groups = texts[: args.limit], targets[: args.limit], groups[: args.limit]
     encoded = tokenizer.encode(texts)
     lengths = np.array([len(e) for e in encoded])
     print(f"{len(texts)} texts, {lengths.sum()} tokens, mean {lengths.mean():.1f}", flush=True)
 
-    student = build_student(load_teacher(), tokenizer, dev, args.init_layer, args.seed)
+    if args.resume:
+        from transformers import AlbertModel
+
+        student = AlbertModel.from_pretrained(args.resume, add_pooling_layer=False)
+    else:
+        student = build_student(load_teacher(), tokenizer, dev, args.init_layer, args.seed)
     targets = rotate_into_student_basis(student, encoded, targets, args.seed)
     student.train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.01)
@@ -318,11 +339,16 @@ def train(args: argparse.Namespace) -> None:
     )
     best_score, log, started, seen_tokens = sts_dev(student, tokenizer, dev), [], time.time(), 0
     save_checkpoint(student, args.output)
-    for step, batch in enumerate(Batches(lengths, args.batch_size, args.seed), start=1):
+    for step, batch in enumerate(Batches(lengths, groups, args.batch_size, args.seed), start=1):
         vectors = sentence_vectors(student, pad(encoded, batch))
         teacher = targets[batch]
-        loss = args.direct * (1 - (vectors * teacher).sum(1)).mean() + args.relational * (
-            (vectors @ vectors.T - teacher @ teacher.T).pow(2).mean()
+        errors = (vectors @ vectors.T - teacher @ teacher.T).pow(2)
+        group = torch.from_numpy(groups[batch])
+        near = (group[:, None] == group[None, :]).fill_diagonal_(False)
+        loss = (
+            args.direct * (1 - (vectors * teacher).sum(1)).mean()
+            + args.relational * errors.mean()
+            + args.pairs * (errors[near].mean() if near.any() else 0.0)
         )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
@@ -375,6 +401,8 @@ if __name__ == "__main__":
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--relational", type=float, default=1.0)
     parser.add_argument("--direct", type=float, default=1.0)
+    parser.add_argument("--pairs", type=float, default=10.0, help="weight of the near pairs")
+    parser.add_argument("--resume", type=Path, help="a trained student to continue from")
     parser.add_argument("--init-layer", default="auto", help="teacher layer to start from")
     parser.add_argument("--eval-every", type=int, default=400)
     parser.add_argument("--limit", type=int, default=0, help="train on the first N texts only")

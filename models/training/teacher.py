@@ -6,7 +6,8 @@ that form lets its STS-B score and its speed be measured through exactly the sam
 as the student's:
 
     python models/training/teacher.py .work/teacher      # fp32 + INT8 model directory
-    python models/training/teacher.py .work/teacher --targets texts.txt vectors.npy
+    python models/training/teacher.py .work/teacher --targets texts.txt vectors.npy \
+        [--reuse old-texts.txt old-vectors.npy]
 """
 
 from __future__ import annotations
@@ -89,22 +90,35 @@ def export_teacher(output: Path) -> Manifest:
     return manifest
 
 
-def write_targets(model_dir: Path, texts_file: Path, vectors_file: Path) -> None:
-    """The teacher's fp32 sentence vectors for every line of TEXTS_FILE, in line order."""
+def write_targets(
+    model_dir: Path, texts_file: Path, vectors_file: Path, reuse: list[Path] | None = None
+) -> None:
+    """The teacher's fp32 sentence vectors for every line of TEXTS_FILE, in line order.
+
+    REUSE (a texts file and its vectors) saves embedding again what an earlier corpus had.
+    """
     from albert_onnx.runtime.embedder import Embedder
 
     texts = texts_file.read_text(encoding="utf-8").splitlines()
+    known: dict[str, np.ndarray] = {}
+    if reuse:
+        old_texts = reuse[0].read_text(encoding="utf-8").splitlines()
+        known = dict(zip(old_texts, np.load(reuse[1]), strict=True))
+    missing = sorted({text for text in texts if text not in known})
+    print(f"{len(texts)} texts, {len(texts) - len(missing)} reused, {len(missing)} to embed")
     embedder = Embedder(model_dir, provider="cpu", precision="fp32")
-    np.save(vectors_file, embedder.embed(texts, show_progress_bar=True))
+    known.update(zip(missing, embedder.embed(missing, show_progress_bar=True), strict=True))
+    np.save(vectors_file, np.stack([known[text] for text in texts]))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", type=Path)
     parser.add_argument("--targets", nargs=2, type=Path, metavar=("TEXTS", "VECTORS"))
+    parser.add_argument("--reuse", nargs=2, type=Path, metavar=("TEXTS", "VECTORS"))
     args = parser.parse_args()
     if args.targets:
-        write_targets(args.output, *args.targets)
+        write_targets(args.output, *args.targets, args.reuse)
     else:
         for name, variant in export_teacher(args.output).variants.items():
             print(name, variant.bytes, variant.parity)
