@@ -103,6 +103,20 @@ class TestModelDirectory:
         ops = [n.op_type for n in onnx.load(english_export / "model.fp16.onnx").graph.node]
         assert "Softmax" not in ops  # no attention left unfused
 
+    def test_fp16_graph_keeps_the_embedding_stage_and_projection_in_fp32(self, english_export):
+        """Their rounding is amplified by an ill-conditioned E -> H projection (the shipped
+        default model's fp16 graph fell to pooled cosine 0.15 without this)."""
+        graph = onnx.load(english_export / "model.fp16.onnx").graph
+        dtypes = {t.name: t.data_type for t in graph.initializer}
+        weights = {n.name: dtypes[n.input[1]] for n in graph.node if n.op_type == "MatMul"}
+        (embedding,) = [n for n in graph.node if n.op_type == "EmbedLayerNormalization"]
+        weights["EmbedLayerNormalization"] = dtypes[embedding.input[2]]  # the word table
+        FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+        projection = [k for k in weights if "embedding_hidden_mapping_in" in k]
+        assert weights.pop("EmbedLayerNormalization") == FLOAT
+        assert len(projection) == 1 and weights.pop(projection[0]) == FLOAT
+        assert set(weights.values()) == {FLOAT16}  # every layer weight is fp16
+
 
 @pytest.mark.parametrize("variant", ["fp32", "int8", "fp16"])
 def test_every_variant_runs_any_batch_and_length_and_matches_pytorch(
