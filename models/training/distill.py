@@ -36,6 +36,7 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -221,18 +222,23 @@ def sentence_vectors(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch
 
 
 @torch.no_grad()
+def vectors_of(model: nn.Module, encoded: list, rows: Sequence[int]) -> torch.Tensor:
+    """Sentence vectors of ROWS, in their order, run in length-sorted chunks of 128."""
+    order = sorted(range(len(rows)), key=lambda k: len(encoded[rows[k]]))
+    out = torch.empty(len(rows), STUDENT["hidden_size"])
+    for start in range(0, len(order), 128):
+        chunk = order[start : start + 128]
+        out[chunk] = sentence_vectors(model, pad(encoded, [rows[k] for k in chunk]))
+    return out
+
+
 def sts_dev(model: nn.Module, tokenizer: TextTokenizer, pairs) -> float:
     model.eval()
     firsts, seconds, gold = pairs
-    vectors = []
-    for texts in (firsts, seconds):
-        encoded = tokenizer.encode(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-        out = np.empty((len(texts), STUDENT["hidden_size"]), dtype=np.float32)
-        for start in range(0, len(order), 128):
-            chunk = order[start : start + 128]
-            out[chunk] = sentence_vectors(model, pad(encoded, chunk)).numpy()
-        vectors.append(out)
+    vectors = [
+        vectors_of(model, tokenizer.encode(texts), range(len(texts))).numpy()
+        for texts in (firsts, seconds)
+    ]
     model.train()
     return cosine_spearman(*vectors, gold)
 
@@ -271,12 +277,8 @@ def rotate_into_student_basis(
     every cosine between teacher vectors, which is all STS measures, exactly as it was.
     """
     student.eval()
-    rows = sorted(
-        random.Random(seed).sample(range(len(encoded)), sample), key=lambda i: len(encoded[i])
-    )
-    mine = torch.cat(
-        [sentence_vectors(student, pad(encoded, rows[i : i + 128])) for i in range(0, sample, 128)]
-    )
+    rows = random.Random(seed).sample(range(len(encoded)), sample)
+    mine = vectors_of(student, encoded, rows)
     u, _, vt = torch.linalg.svd(targets[rows].T @ mine)
     rotation = u @ vt
     before = (mine * targets[rows]).sum(1).mean()
