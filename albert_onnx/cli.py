@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -11,8 +14,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from albert_onnx.runtime.bucketer import WINDOW_TEXTS
-from albert_onnx.runtime.manifest import ManifestError, load_manifest, verified_file
+from albert_onnx.errors import AlbertOnnxError, CorpusError, ManifestError
+from albert_onnx.runtime.manifest import verified_file
+from albert_onnx.runtime.options import Dtype, LongTexts, OnError, Pooling, Precision, Provider
+from albert_onnx.runtime.windows import WINDOW_TEXTS
 
 SHORT_OP = {
     "MultiHeadAttention": "MHA",
@@ -23,7 +28,7 @@ SHORT_OP = {
 ModelOption = Annotated[
     Path | None, typer.Option("--model", "-m", help="Model directory (default: the shipped model).")
 ]
-ProviderOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+ProviderOption = Annotated[Provider, typer.Option(help="Where to run: auto, cpu or cuda.")]
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -32,6 +37,25 @@ err = Console(stderr=True, soft_wrap=True)
 def fail(message: str) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(1)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+@contextmanager
+def reported() -> Iterator[None]:
+    """albert-onnx's errors, and the OS's (one line naming the path), end the command with
+    exit status 1; warnings print as one line. Anything else is a bug: its traceback stays."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            yield
+        except AlbertOnnxError as exc:
+            raise fail(str(exc)) from exc
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise fail(f"{where}{exc.strerror or exc}") from exc
 
 
 @app.command()
@@ -56,14 +80,13 @@ def export(
 ) -> None:
     """Export an ALBERT checkpoint to a self-contained ONNX model directory."""
     try:
-        from albert_onnx.export.errors import ExportError
         from albert_onnx.export.exporter import export_model
     except ImportError as exc:
         raise fail(
             f"export needs the export extra: pip install 'albert-onnx[export,cpu]' ({exc})"
         ) from exc
     start = time.perf_counter()
-    try:
+    with reported():
         manifest = export_model(
             model,
             output,
@@ -76,8 +99,6 @@ def export(
             revision=revision,
             log=lambda step: err.print(f"[dim]{step}[/]"),
         )
-    except ExportError as exc:
-        raise fail(str(exc)) from exc
     out.print(f"wrote {output} in {time.perf_counter() - start:.1f} s")
     _print_variants(output, manifest)
 
@@ -85,37 +106,36 @@ def export(
 @app.command()
 def info(model_dir: Annotated[Path, typer.Argument(help="Model directory.")]) -> None:
     """Describe a model directory and the execution providers that work on this machine."""
-    from albert_onnx.runtime.model_dir import cuda_probe_graph
-    from albert_onnx.runtime.providers import ProviderError, cuda_works, installed_runtimes
+    from albert_onnx.errors import ProviderError
+    from albert_onnx.runtime.model_dir import ModelDir
+    from albert_onnx.runtime.providers import installed_runtimes
+    from albert_onnx.runtime.session import open_session
 
-    try:
-        manifest = load_manifest(model_dir)
-    except ManifestError as exc:
-        raise fail(str(exc)) from exc
-    arch = manifest.architecture
-    out.print(f"[bold]{model_dir}[/]  source: {manifest.source}")
-    out.print(
-        f"ALBERT V={arch['vocab_size']} E={arch['embedding_size']} H={arch['hidden_size']} "
-        f"layers={arch['num_hidden_layers']} heads={arch['num_attention_heads']}; "
-        f"tokenizer {manifest.tokenizer['kind']} max_length={manifest.max_length}; "
-        f"pooling {manifest.pooling}{' + L2' if manifest.normalize else ''}"
-    )
-    _print_variants(model_dir, manifest)
-    runtimes = installed_runtimes()
-    out.print(f"onnxruntime installs: {', '.join(runtimes) or 'none'}")
-    if len(runtimes) > 1:
-        err.print(
-            "[yellow]both onnxruntime and onnxruntime-gpu are installed; they overwrite "
-            "each other. pip uninstall -y onnxruntime onnxruntime-gpu, then install one.[/]"
+    with reported():
+        model = ModelDir.open(model_dir)
+        manifest = model.manifest
+        arch = manifest.architecture
+        out.print(f"[bold]{model_dir}[/]  source: {manifest.source}")
+        out.print(
+            f"ALBERT V={arch['vocab_size']} E={arch['embedding_size']} H={arch['hidden_size']} "
+            f"layers={arch['num_hidden_layers']} heads={arch['num_attention_heads']}; "
+            f"tokenizer {manifest.tokenizer['kind']} max_length={manifest.max_length}; "
+            f"pooling {manifest.pooling}{' + L2' if manifest.normalize else ''}"
         )
-    try:
-        probe = cuda_probe_graph(model_dir, manifest)
-        working = ["CPUExecutionProvider"] + (
-            ["CUDAExecutionProvider"] if cuda_works(str(probe)) else []
-        )
-    except ProviderError as exc:
-        raise fail(str(exc)) from exc
-    out.print(f"working providers: {', '.join(working)}")
+        _print_variants(model_dir, manifest)
+        runtimes = installed_runtimes()
+        out.print(f"onnxruntime installs: {', '.join(runtimes) or 'none'}")
+        if len(runtimes) > 1:
+            err.print(
+                "[yellow]both onnxruntime and onnxruntime-gpu are installed; they overwrite "
+                "each other. pip uninstall -y onnxruntime onnxruntime-gpu, then install one.[/]"
+            )
+        try:
+            cuda = open_session(model, "cuda").placement.precision
+            out.print(f"working providers: CPUExecutionProvider, CUDAExecutionProvider ({cuda})")
+        except ProviderError as exc:
+            out.print("working providers: CPUExecutionProvider", highlight=False)
+            out.print(f"CUDA: {exc}", highlight=False)
 
 
 @app.command()
@@ -125,29 +145,36 @@ def embed(
     model: ModelOption = None,
     text_field: Annotated[str, typer.Option(help="JSON field holding the text.")] = "text",
     id_field: Annotated[
-        str | None, typer.Option(help="JSON field holding the id (default: line number).")
+        str | None,
+        typer.Option(
+            help="JSON field holding the id, all strings or all integers (default: "
+            "the line number)."
+        ),
     ] = None,
     provider: ProviderOption = "auto",
-    precision: Annotated[str, typer.Option(help="auto, fp32, int8 or fp16.")] = "auto",
+    precision: Annotated[Precision, typer.Option(help="Graph variant.")] = "auto",
     pooling: Annotated[
-        str | None, typer.Option(help="mean, cls, max or none (default: the model's).")
+        Pooling | None, typer.Option(help="Pooling (default: the model's); none: token vectors.")
     ] = None,
     normalize: Annotated[
         bool | None, typer.Option(help="L2-normalise (default: the model's).")
     ] = None,
-    max_batch_tokens: Annotated[int | None, typer.Option(help="Padded tokens per batch.")] = None,
+    max_batch_tokens: Annotated[
+        int | None, typer.Option(help="Padded tokens per batch (default: by provider).")
+    ] = None,
     long_texts: Annotated[
-        str, typer.Option(help="truncate, or chunk: mean of overlapping windows.")
+        LongTexts, typer.Option(help="truncate, or chunk: mean of overlapping windows.")
     ] = "truncate",
-    dtype: Annotated[str, typer.Option(help="float32 or float16 vectors.")] = "float32",
+    dtype: Annotated[Dtype, typer.Option(help="Vector dtype in the output.")] = "float32",
     on_error: Annotated[
-        str, typer.Option(help="raise: stop at a bad line; skip: log it and go on.")
+        OnError, typer.Option(help="raise: stop at a bad line; skip: log it and go on.")
     ] = "raise",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     threads: Annotated[
-        int | None, typer.Option(help="CPU threads (default: cores available).")
+        int | None, typer.Option(help="CPU threads (default and maximum: cores available).")
     ] = None,
+    device_id: Annotated[int | None, typer.Option(help="CUDA device index.")] = None,
     window_texts: Annotated[
         int, typer.Option(help="Texts sorted together per window; also the shard size.")
     ] = WINDOW_TEXTS,
@@ -156,16 +183,9 @@ def embed(
     """Embed a JSONL corpus; vectors are written in input order with their ids."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from albert_onnx.runtime.corpus import embed_corpus
     from albert_onnx.runtime.embedder import Embedder
-    from albert_onnx.runtime.providers import ProviderError
-    from albert_onnx.runtime.reader import CorpusError
-    from albert_onnx.runtime.writer import OutputError
+    from albert_onnx.runtime.job import embed_corpus
 
-    if on_error not in ("raise", "skip") or dtype not in ("float32", "float16"):
-        raise fail("--on-error is raise or skip; --dtype is float32 or float16")
-    if not corpus.is_file():
-        raise fail(f"{corpus}: no such file")
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -175,7 +195,7 @@ def embed(
         ),
         TimeElapsedColumn(),
     )
-    try:
+    with reported():
         embedder = Embedder(
             model,
             provider=provider,
@@ -185,6 +205,7 @@ def embed(
             max_batch_tokens=max_batch_tokens,
             long_texts=long_texts,
             threads=threads,
+            device_id=device_id,
         )
         err.print(f"[dim]{embedder.model_dir}: {embedder.precision} on {embedder.provider}[/]")
         with Progress(*columns, console=err, disable=not progress) as bar:
@@ -212,19 +233,15 @@ def embed(
                 window_texts=window_texts,
                 on_batch=on_batch,
             )
-    except (ManifestError, ProviderError, CorpusError, OutputError, ValueError) as exc:
-        raise fail(str(exc)) from exc
-    rate = summary.tokens / summary.seconds if summary.seconds else 0.0
+    stats = summary.stats
+    resumed = summary.resumed_after_line
     out.print(
-        f"{summary.docs:,} docs, {summary.tokens:,} tokens ({rate:,.0f} tokens/s), "
-        f"padding overhead {summary.padding_overhead:.1%}, truncated {summary.truncated:,}, "
-        f"skipped {summary.skipped:,}, blank lines {summary.blank_lines:,}, "
-        f"{summary.seconds:.1f} s"
-        + (
-            f"; resumed after line {summary.resumed_after_line:,}"
-            if summary.resumed_after_line
-            else ""
-        ),
+        f"{stats.docs:,} docs, {stats.tokens:,} tokens ({stats.tokens_per_s:,.0f} tokens/s), "
+        f"padding overhead {stats.padding_overhead:.1%}, truncated {stats.truncated:,}, "
+        f"skipped {stats.skipped:,}, blank lines {stats.blank_lines:,}, "
+        f"duplicate ids {stats.duplicate_ids:,}, mostly unknown tokens "
+        f"{stats.unknown_script:,}, {stats.seconds:.1f} s"
+        + (f"; resumed after line {resumed:,}" if resumed else ""),
         highlight=False,
     )
     out.print(f"wrote {', '.join(summary.outputs)}", highlight=False)
@@ -235,7 +252,10 @@ def bench(
     model: ModelOption = None,
     provider: ProviderOption = "auto",
     precision: Annotated[
-        list[str] | None, typer.Option(help="Variant(s) to time (default: all for the provider).")
+        list[str] | None,
+        typer.Option(
+            help="Variant(s) to time, fp32, int8 or fp16 (default: the two meant for the provider)."
+        ),
     ] = None,
     corpus: Annotated[
         Path | None, typer.Option(help="JSONL corpus to time on (default: built-in texts).")
@@ -246,24 +266,25 @@ def bench(
     """Time each model variant on this machine (tokens/s end to end), to choose one."""
     from albert_onnx.runtime.bench import bench as run_bench
     from albert_onnx.runtime.bench import sample_texts
-    from albert_onnx.runtime.providers import ProviderError
-    from albert_onnx.runtime.reader import CorpusError, Record, read_jsonl
+    from albert_onnx.runtime.options import check_positive
+    from albert_onnx.runtime.reader import JsonlReader, Record
 
-    try:
+    with reported():
+        check_positive("--texts", texts)
         if corpus is None:
             sample = sample_texts(texts)
         else:
-            items = read_jsonl(corpus, text_field=text_field)
-            sample = [r.text for r in itertools.islice(
-                (i for i in items if isinstance(i, Record)), texts)]  # fmt: skip
+            records = (i for i in JsonlReader(corpus, text_field) if isinstance(i, Record))
+            sample = [r.text for r in itertools.islice(records, texts)]
+            if not sample:
+                raise CorpusError(f"{corpus}: no texts to time")
         table = Table("provider", "variant", "batching", "tokens/s", "docs/s", "padding",
                       "start s")  # fmt: skip
         for row in run_bench(model, sample, provider, precision):
-            table.add_row(row.provider, row.precision, row.batching, f"{row.tokens_per_s:,.0f}",
-                          f"{row.docs_per_s:,.1f}", f"{row.padding_overhead:.1%}",
+            s = row.stats
+            table.add_row(row.provider, row.precision, row.batching, f"{s.tokens_per_s:,.0f}",
+                          f"{s.docs_per_s:,.1f}", f"{s.padding_overhead:.1%}",
                           f"{row.start_seconds:.2f}")  # fmt: skip
-    except (ManifestError, ProviderError, CorpusError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from exc
     out.print(f"{len(sample)} texts, end to end (tokenization included), one warm-up pass each")
     out.print(table)
 
@@ -271,21 +292,19 @@ def bench(
 @app.command("word-vectors")
 def word_vectors(
     words: Annotated[list[str], typer.Argument(help="Words to look up.")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Model directory.")],
+    model: ModelOption = None,
     project: Annotated[bool, typer.Option(help="Map E-dim vectors to H dims.")] = False,
 ) -> None:
     """Print static word vectors (mean of word pieces) from the embedding table."""
     from albert_onnx.runtime.word_vectors import WordVectors
 
-    try:
+    with reported():
         vectors = WordVectors(model)
         for word in words:
             vector = vectors.vector(word, project=project)
             pieces = " ".join(p for p, _ in vectors.pieces(word))
             values = " ".join(f"{x:.5f}" for x in vector)
             typer.echo(f"{word}\t{pieces}\t{values}")  # plain TSV: rich would expand tabs
-    except (ManifestError, ValueError) as exc:
-        raise fail(str(exc)) from exc
 
 
 def _print_variants(model_dir: Path, manifest) -> None:

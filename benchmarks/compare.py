@@ -35,6 +35,7 @@ from random_albert import SHAPES, build
 from albert_onnx.export.exporter import export_model
 from albert_onnx.runtime.pooling import l2_normalize
 from albert_onnx.runtime.providers import cpu_threads
+from albert_onnx.runtime.stats import Stats
 from albert_onnx.runtime.tokenizer import TextTokenizer
 
 HERE = Path(__file__).resolve().parent
@@ -110,17 +111,20 @@ def summarize(name: str, result: dict, baseline: dict | None) -> dict:
         if corpus not in result:
             continue
         c = result[corpus]
+        stats = Stats(
+            tokens=c["real_tokens"], padded_tokens=c["padded_tokens"], seconds=c["seconds"]
+        )
         row[corpus] = {
             "seconds": c["seconds"],
             "real_tokens": c["real_tokens"],
-            "real_tokens_per_s": c["real_tokens"] / c["seconds"],
-            "padding_overhead": (c["padded_tokens"] / c["real_tokens"] - 1)
-            if c["padded_tokens"]
-            else None,
+            "real_tokens_per_s": stats.tokens_per_s,
+            "padding_overhead": stats.padding_overhead if c["padded_tokens"] else None,
         }
         if baseline and corpus in baseline:
-            row[corpus]["x_pytorch"] = row[corpus]["real_tokens_per_s"] / (
-                baseline[corpus]["real_tokens"] / baseline[corpus]["seconds"]
+            base = baseline[corpus]
+            row[corpus]["x_pytorch"] = (
+                stats.tokens_per_s
+                / Stats(tokens=base["real_tokens"], seconds=base["seconds"]).tokens_per_s
             )
     if baseline:
         row["cosine_vs_pytorch"] = cosines(

@@ -189,8 +189,8 @@ def naive_ort_fp32(job: dict) -> dict:
 
 def _albert_onnx(job: dict, precision: str) -> dict:
     """`embed_corpus`: JSONL in, .npy out, tokenization, bucketing and writing included."""
-    from albert_onnx.runtime.corpus import embed_corpus
     from albert_onnx.runtime.embedder import Embedder
+    from albert_onnx.runtime.job import embed_corpus
     from albert_onnx.runtime.tokenizer import Encoded
 
     embedder = Embedder(
@@ -198,20 +198,20 @@ def _albert_onnx(job: dict, precision: str) -> dict:
     )
     embedder.embed(job["texts"][:NAIVE_BATCH])  # warm-up, as for the others
     output = Path(job["work"]) / f"{job['name']}.npy"
-    summary = embed_corpus(embedder, Path(job["corpus_jsonl"]), output)
+    stats = embed_corpus(embedder, Path(job["corpus_jsonl"]), output).stats
     result = {
         "corpus": {
-            "seconds": summary.seconds,
-            "real_tokens": summary.tokens,
-            "padded_tokens": summary.padded_tokens,
+            "seconds": stats.seconds,
+            "real_tokens": stats.tokens,
+            "padded_tokens": stats.padded_tokens,
         },
         "vectors": np.load(output),
     }
     stress = [
-        Encoded(row.astype(np.int32), np.zeros(len(row), np.int32)) for row in job["stress_ids"]
+        [Encoded(row.astype(np.int32), np.zeros(len(row), np.int32))] for row in job["stress_ids"]
     ]
     start = time.perf_counter()
-    embedder.embed_tokenized([[e] for e in stress])
+    embedder.embed_docs(stress)
     result["stress"] = {
         "seconds": time.perf_counter() - start,
         "real_tokens": int(job["stress_ids"].size),

@@ -3,10 +3,12 @@
     python benchmarks/cpu_throughput.py [--out benchmarks/results]
 
 Exports a random-weight albert-base-v2-shaped checkpoint (real tokenizer) with --quantize,
-then embeds a real-text JSONL corpus (WikiText-2 paragraphs and headings + STS-B test
-sentences, from tests/data) through `embed_corpus`, tokenization included, for INT8 and
-fp32, sorted (length buckets) and in arrival order. All runs are in one process, so the
-ratios between them are comparable even on a noisy machine.
+then embeds real text (WikiText-2 paragraphs and headings + STS-B test sentences, from
+tests/data) for INT8 and fp32: in memory through `time_embedding`, tokenization included,
+length-sorted and in arrival order (the same arithmetic for both, so they compare), and
+as the file job (`embed_corpus`: JSONL in, .npy out, shards, lock and fingerprints
+included). All runs are in one process, so the ratios between them are comparable even
+on a noisy machine.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from random_albert import build
 
 from albert_onnx import Embedder
 from albert_onnx.export.exporter import export_model
-from albert_onnx.runtime.corpus import embed_corpus
+from albert_onnx.runtime.bench import time_embedding
+from albert_onnx.runtime.job import embed_corpus
 
 
 def main() -> None:
@@ -39,29 +42,25 @@ def main() -> None:
     texts = mixed(wikitext_lines(), sts_sentences(("test",))[:600])
     corpus = write_jsonl(work / "corpus.jsonl", texts)
     docs = len(texts)
-
     runs = []
     for precision in ("int8", "fp32"):
         embedder = Embedder(model_dir, provider="cpu", precision=precision)
-        for bucketing in (True, False):
-            if bucketing:
-                summary = embed_corpus(embedder, corpus, work / f"{precision}.npy")
-                seconds, real, padded = summary.seconds, summary.tokens, summary.padded_tokens
-            else:  # naive: arrival order, padded to each batch's longest text
-                t0 = time.perf_counter()
-                _, counts = embedder.embed_tokenized(embedder.tokenize(texts), bucketing=False)
-                seconds = time.perf_counter() - t0
-                real, padded = counts.tokens, counts.padded_tokens
+        embedder.embed(texts[:32])  # warm-up
+        for path in ("memory, length-sorted", "memory, arrival order", "file job, length-sorted"):
+            if path.startswith("file"):
+                stats = embed_corpus(embedder, corpus, work / f"{precision}.npy").stats
+            else:
+                stats = time_embedding(embedder, texts, bucketing="sorted" in path)
             runs.append(
                 {
                     "precision": precision,
-                    "bucketing": bucketing,
-                    "docs": docs,
-                    "real_tokens": real,
-                    "padding_overhead": padded / real - 1,
-                    "seconds": seconds,
-                    "docs_per_s": docs / seconds,
-                    "real_tokens_per_s": real / seconds,
+                    "path": path,
+                    "docs": stats.docs,
+                    "real_tokens": stats.tokens,
+                    "padding_overhead": stats.padding_overhead,
+                    "seconds": stats.seconds,
+                    "docs_per_s": stats.docs_per_s,
+                    "real_tokens_per_s": stats.tokens_per_s,
                 }
             )
             print(json.dumps(runs[-1]))
@@ -81,11 +80,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cpu_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
-        "| precision | bucketing | docs/s | real tokens/s | padding overhead | seconds |",
+        "| precision | path | docs/s | real tokens/s | padding overhead | seconds |",
         "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['precision']} | {'length-sorted' if r['bucketing'] else 'arrival order'} | "
+        f"| {r['precision']} | {r['path']} | "
         f"{r['docs_per_s']:.1f} | {r['real_tokens_per_s']:,.0f} | "
         f"{r['padding_overhead']:.1%} | {r['seconds']:.1f} |"
         for r in runs

@@ -26,7 +26,7 @@ from transformers import AlbertModel
 from albert_onnx import Embedder
 from albert_onnx.export.exporter import export_model
 from albert_onnx.export.graph import pool
-from albert_onnx.runtime.corpus import embed_corpus
+from albert_onnx.runtime.job import embed_corpus
 from albert_onnx.runtime.session import ModelSession
 
 
@@ -134,14 +134,14 @@ def main() -> None:
     corpus = write_jsonl(work / "corpus.jsonl", texts)
     docs = len(texts)
     embed_corpus(embedder, corpus, work / "warm.npy", window_texts=4096)  # warm-up, same shapes
-    summary = embed_corpus(embedder, corpus, work / "v.npy", id_field="id")
+    stats = embed_corpus(embedder, corpus, work / "v.npy", id_field="id").stats
     report["end_to_end"] = {
         "docs": docs,
-        "real_tokens": summary.tokens,
-        "seconds": summary.seconds,
-        "real_tokens_per_s": summary.tokens / summary.seconds,
-        "docs_per_s": docs / summary.seconds,
-        "padding_overhead": summary.padding_overhead,
+        "real_tokens": stats.tokens,
+        "seconds": stats.seconds,
+        "real_tokens_per_s": stats.tokens_per_s,
+        "docs_per_s": stats.docs_per_s,
+        "padding_overhead": stats.padding_overhead,
     }
     gpu = np.load(work / "v.npy")[:2000]
     cpu = Embedder(model_dir, provider="cpu", precision="fp32").embed(texts[:2000])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from albert_onnx.export.errors import ExportError
+from albert_onnx.errors import ExportError
 from albert_onnx.runtime.manifest import sha256_of
 
 WEIGHT_FILES = (
@@ -42,6 +42,7 @@ class Checkpoint:
 
     model_dir: Path
     tokenizer_dir: Path
+    root: Path  # everything the export reads lies in here
     source: dict[str, Any]
     config: dict[str, Any]
     pooling: str | None = None
@@ -101,7 +102,7 @@ def _read_layout(root: Path, source: dict[str, Any]) -> Checkpoint:
         raise ExportError(
             f"{model_dir}: no tokenizer (expected one of {', '.join(TOKENIZER_FILES)})"
         )
-    return Checkpoint(model_dir, tokenizer_dir, source, config, pooling, normalize)
+    return Checkpoint(model_dir, tokenizer_dir, root, source, config, pooling, normalize)
 
 
 def _read_sentence_transformers(root: Path, modules_file: Path) -> tuple[str, bool, Path]:

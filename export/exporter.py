@@ -6,8 +6,9 @@ so a failed export (for example a parity failure) never leaves a half-written mo
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -15,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from albert_onnx.errors import ExportError
 from albert_onnx.export.checkpoint import Checkpoint, resolve_checkpoint
-from albert_onnx.export.errors import ExportError
 from albert_onnx.export.graph import (
     INPUT_NAMES,
     OUTPUT_NAMES,
@@ -72,17 +73,22 @@ def export_model(
     output = Path(output)
     if not keep_fp32 and not (quantize or fp16):
         raise ExportError("leaving out fp32 needs --quantize or --fp16: nothing would be left")
+    if Path(model).expanduser().exists():  # a hub id is checked once it is downloaded
+        _refuse_overlap(output, Path(model).expanduser())
     occupied = output.is_file() or (output.is_dir() and any(output.iterdir()))
     if occupied and not force:
         raise ExportError(f"{output} already exists and is not empty; pass --force to replace it")
     checkpoint = resolve_checkpoint(model, revision)
+    _refuse_overlap(output, checkpoint.root)
     pooling = pooling or checkpoint.pooling or "mean"
     if pooling not in POOLING_MODES:
         raise ExportError(f"unknown pooling {pooling!r} (one of {', '.join(POOLING_MODES)})")
     normalize = normalize if normalize is not None else bool(checkpoint.normalize)
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    # mkdir, not mkdtemp: the directory is renamed into place and keeps the usual umask mode
+    staging = output.parent / f".{output.name}.{secrets.token_hex(4)}"
+    staging.mkdir()
     try:
         manifest = _build(checkpoint, staging, quantize, fp16, keep_fp32, pooling, normalize, log)
         if output.is_dir():
@@ -93,6 +99,16 @@ def export_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def _refuse_overlap(output: Path, source: Path) -> None:
+    """--force replaces OUTPUT: it may not be the checkpoint, nor hold it, nor lie inside it."""
+    out, src = Path(os.path.realpath(output)), Path(os.path.realpath(source))
+    if out == src or src in out.parents or out in src.parents:
+        raise ExportError(
+            f"{output} overlaps the checkpoint being exported ({source}); choose an output "
+            "outside it"
+        )
 
 
 def _build(

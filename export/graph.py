@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from albert_onnx.export.errors import ExportError
+from albert_onnx.errors import ExportError
 
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 OUTPUT_NAMES = ["last_hidden_state", "sentence_embedding"]
@@ -57,7 +57,9 @@ def load_albert(model_dir: Path) -> nn.Module:
     from transformers import AlbertModel
     from transformers.utils import logging
 
-    logging.set_verbosity_error()  # "some weights not used" is expected for MLM checkpoints
+    # "some weights not used" is expected for MLM checkpoints; quiet for this call only
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
     logging.disable_progress_bar()
     try:
         model = AlbertModel.from_pretrained(
@@ -65,6 +67,10 @@ def load_albert(model_dir: Path) -> nn.Module:
         )
     except (OSError, ValueError) as exc:
         raise ExportError(f"{model_dir}: the weights could not be loaded ({exc})") from exc
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
     return model.eval()
 
 

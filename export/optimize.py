@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
 
-from albert_onnx.export.errors import ExportError
+from albert_onnx.errors import ExportError
 
 GELU_FUSIONS = ("Gelu", "FastGelu", "BiasGelu")
 
@@ -74,6 +76,34 @@ def projection_nodes(graph: onnx.GraphProto) -> list[str]:
     return [n.name for n in graph.node if "embedding_hidden_mapping_in" in n.name]
 
 
+def pooling_nodes(graph: onnx.GraphProto) -> list[str]:
+    """The in-graph pooling's nodes: everything between last_hidden_state and
+    sentence_embedding. Mean pooling sums up to 512 token vectors, past fp16's 65,504 on
+    long texts, so the fp16 graph keeps these in fp32 as it does the embedding stage."""
+    producer = {out: node for node in graph.node for out in node.output}
+    found, pending = {}, ["sentence_embedding"]
+    while pending:
+        node = producer.get(pending.pop())
+        if node is None or node.name in found:
+            continue
+        found[node.name] = node
+        pending.extend(name for name in node.input if name != "last_hidden_state")
+    return list(found)
+
+
+@contextmanager
+def quiet_root_logger() -> Iterator[None]:
+    """The quantizer logs a generic "run pre-processing" hint on the root logger; silence it
+    for the call only, leaving the application's logging as it was."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_int8(source: Path, destination: Path) -> None:
     """Dynamic INT8 for the CPU provider: weights once, activations quantized per batch.
 
@@ -85,15 +115,15 @@ def quantize_int8(source: Path, destination: Path) -> None:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger().setLevel(logging.ERROR)  # silence its generic "run pre-processing" hint
     graph = onnx.load(source, load_external_data=False).graph
-    quantize_dynamic(
-        source,
-        destination,
-        op_types_to_quantize=["MatMul", "Gather"],
-        nodes_to_exclude=projection_nodes(graph),
-        weight_type=QuantType.QInt8,
-    )
+    with quiet_root_logger():
+        quantize_dynamic(
+            source,
+            destination,
+            op_types_to_quantize=["MatMul", "Gather"],
+            nodes_to_exclude=projection_nodes(graph),
+            weight_type=QuantType.QInt8,
+        )
 
 
 def optimize_fp16(
@@ -138,7 +168,8 @@ def optimize_fp16(
     # The projection's input must be fp32 too: rounding it to fp16 is amplified just the same.
     embedding = [n.name for n in graph.node if n.op_type == "EmbedLayerNormalization"]
     optimized.convert_float_to_float16(
-        keep_io_types=True, node_block_list=embedding + projection_nodes(graph)
+        keep_io_types=True,
+        node_block_list=embedding + projection_nodes(graph) + pooling_nodes(graph),
     )
     optimized.save_model_to_file(str(destination))
     return counts

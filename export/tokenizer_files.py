@@ -13,7 +13,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from albert_onnx.export.errors import ExportError
+from albert_onnx.errors import ExportError
 
 KIND_BY_MODEL = {"Unigram": "sentencepiece", "WordPiece": "wordpiece"}
 UNBOUNDED = 1_000_000

@@ -17,7 +17,6 @@ from albert_onnx.runtime.tokenizer import Encoded
 
 PAD_MULTIPLE = 8
 MAX_PADDING = 0.1  # a sorted batch pads a text by at most this share of its length
-WINDOW_TEXTS = 4096  # texts sorted together: a larger window pads less but holds more memory
 
 
 def bucket_length(n: int) -> int:
@@ -34,6 +33,18 @@ class Batch:
     @property
     def padded_tokens(self) -> int:
         return self.inputs["input_ids"].size
+
+    def halves(self) -> tuple[Batch, Batch]:
+        """The batch split in two, for a retry after running out of device memory."""
+        middle = len(self.rows) // 2
+        return tuple(  # type: ignore[return-value]
+            Batch(
+                rows=self.rows[part],
+                inputs={name: array[part] for name, array in self.inputs.items()},
+                real_tokens=int(self.inputs["attention_mask"][part].sum()),
+            )
+            for part in (slice(None, middle), slice(middle, None))
+        )
 
 
 def pad_batch(items: Sequence[Encoded], length: int) -> dict[str, np.ndarray]:

@@ -6,175 +6,300 @@ vectors = emb.embed(["first text", "second"])  # float32 (n, hidden), input orde
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
-from albert_onnx.runtime.bucketer import WINDOW_TEXTS, make_batches
-from albert_onnx.runtime.model_dir import open_model
-from albert_onnx.runtime.pooling import MODES, l2_normalize, pool
-from albert_onnx.runtime.prefetch import ahead
+from albert_onnx.errors import AlbertOnnxWarning, OptionError, OutOfMemoryError
+from albert_onnx.runtime.bucketer import Batch, make_batches
+from albert_onnx.runtime.model_dir import ModelDir
+from albert_onnx.runtime.options import (
+    LongTexts,
+    Pooling,
+    Precision,
+    Provider,
+    check_choice,
+    check_positive,
+)
+from albert_onnx.runtime.pooling import l2_normalize, pool
 from albert_onnx.runtime.providers import cpu_threads
-from albert_onnx.runtime.session import ModelSession
-from albert_onnx.runtime.tokenizer import Encoded, TextTokenizer
+from albert_onnx.runtime.session import open_session
+from albert_onnx.runtime.stats import Stats
+from albert_onnx.runtime.tokenizer import Encoded, TextTokenizer, check_texts
+from albert_onnx.runtime.windows import WINDOW_TEXTS, prepared, windows
 
-DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 131072}
-LONG_TEXTS = ("truncate", "chunk")
+CPU_BATCH_TOKENS = 4096
+# On CUDA, 131,072 padded tokens for albert-base's FFN width of 3,072, scaled to the model's
+CUDA_BATCH_TOKENS, CUDA_REFERENCE_FFN = 131_072, 3072
+CUDA_BATCH_TOKEN_RANGE = (8192, 262_144)
 
-
-@dataclass
-class Counts:
-    """What embedding one window took; the writer sums them for the final summary."""
-
-    docs: int = 0
-    tokens: int = 0
-    padded_tokens: int = 0
-    truncated: int = 0
-
-
+Doc = list[Encoded]  # a text's windows: one, unless long_texts="chunk" cuts a long text
 OnBatch = Callable[[int, int], None]  # (docs finished, real tokens) after each batch
 
 
+def default_batch_tokens(provider: str, architecture: dict[str, Any]) -> int:
+    """Padded tokens per batch: fixed on the CPU, scaled to the FFN width on CUDA."""
+    if provider == "cpu":
+        return CPU_BATCH_TOKENS
+    ffn = int(architecture.get("intermediate_size", CUDA_REFERENCE_FFN))
+    low, high = CUDA_BATCH_TOKEN_RANGE
+    return min(high, max(low, CUDA_BATCH_TOKENS * CUDA_REFERENCE_FFN // ffn)) // 8 * 8
+
+
+def coverage_warning(stats: Stats, stacklevel: int = 3) -> None:
+    if stats.unknown_script:
+        warnings.warn(
+            f"{stats.unknown_script:,} of {stats.docs:,} texts are mostly unknown tokens: "
+            "this model's vocabulary does not cover their script (CJK, emoji, ...), so their "
+            "vectors are near-identical and meaningless",
+            AlbertOnnxWarning,
+            stacklevel=stacklevel,
+        )
+
+
+@contextmanager
+def _progress(show: bool, total: int) -> Iterator[OnBatch | None]:
+    """A rich progress bar's advance callback, or None when no bar is wanted."""
+    if not show:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress() as progress:
+        task = progress.add_task("embedding", total=total)
+        yield lambda docs, _: progress.advance(task, docs)
+
+
 class Embedder:
-    """Embeds texts with an albert-onnx model directory; no torch anywhere."""
+    """Embeds texts with an albert-onnx model directory; no torch anywhere.
+
+    Every option is checked here, so an API caller gets the same clear error as the CLI.
+    """
 
     def __init__(
         self,
         model: str | Path | None = None,
         *,
-        provider: str = "auto",
-        precision: str = "auto",
-        pooling: str | None = None,
+        provider: Provider = "auto",
+        precision: Precision = "auto",
+        pooling: Pooling | None = None,
         normalize: bool | None = None,
         max_batch_tokens: int | None = None,
-        long_texts: str = "truncate",
+        long_texts: LongTexts = "truncate",
         threads: int | None = None,
+        device_id: int | None = None,
     ) -> None:
-        choice = open_model(model, provider, precision)
-        manifest = choice.manifest
-        self.model_dir, self.provider, self.precision = (
-            choice.directory,
-            choice.provider,
-            choice.precision,
+        if pooling is not None:
+            check_choice("pooling", pooling, Pooling)
+        check_choice("long_texts", long_texts, LongTexts)
+        if long_texts == "chunk" and pooling == "none":
+            raise OptionError("long_texts='chunk' pools windows; it cannot return token vectors")
+        if max_batch_tokens is not None:
+            check_positive("max_batch_tokens", max_batch_tokens)
+        if device_id is not None and (
+            isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0
+        ):
+            raise OptionError(f"device_id must be a GPU index (0, 1, ...), not {device_id!r}")
+        if device_id is not None and provider == "cpu":
+            raise OptionError("device_id chooses a GPU; it has no meaning with provider='cpu'")
+        model_dir = ModelDir.open(model)
+        manifest = model_dir.manifest
+        opened = open_session(
+            model_dir, provider, precision, self._threads(threads), device_id or 0
         )
-        self.pooling = pooling or manifest.pooling
-        if self.pooling not in MODES:
-            raise ValueError(f"unknown pooling {self.pooling!r} (one of {', '.join(MODES)})")
-        if long_texts not in LONG_TEXTS:
-            raise ValueError(f"long_texts must be one of {LONG_TEXTS}, not {long_texts!r}")
-        if long_texts == "chunk" and self.pooling == "none":
-            raise ValueError("long_texts='chunk' pools windows; it cannot return token vectors")
+        self.model_dir = model_dir.directory
+        self.provider = opened.placement.provider
+        self.precision = opened.placement.precision
+        self.cuda_unavailable = opened.cuda_unavailable
+        self.fingerprint = model_dir.fingerprint(self.precision)
+        self.pooling: Pooling = pooling or manifest.pooling  # type: ignore[assignment]
         self.normalize = manifest.normalize if normalize is None else normalize
         self.dimension = int(manifest.architecture["hidden_size"])
         self.max_length = manifest.max_length
-        self.max_batch_tokens = max_batch_tokens or DEFAULT_BATCH_TOKENS[self.provider]
+        self.max_batch_tokens = max_batch_tokens or default_batch_tokens(
+            self.provider, manifest.architecture
+        )
         self.chunked = long_texts == "chunk"
         self._graph_pooling = manifest.pooling
         self._tokenizer = TextTokenizer(
-            choice.tokenizer, self.max_length, overlap=self.max_length // 8 if self.chunked else 0
+            model_dir.tokenizer(), self.max_length, self.max_length // 8 if self.chunked else 0
         )
-        self._session = ModelSession(choice.graph, self.provider, threads or cpu_threads())
+        self._session = opened.session
+
+    @staticmethod
+    def _threads(threads: int | None) -> int:
+        available = cpu_threads()
+        if threads is None:
+            return available
+        check_positive("threads", threads)
+        if threads > available:
+            warnings.warn(
+                f"threads={threads} is more than the {available} cores this process may use; "
+                f"using {available} (more threads than cores only contend)",
+                AlbertOnnxWarning,
+                stacklevel=3,
+            )
+        return min(threads, available)
 
     # -- the stages -------------------------------------------------------------------
 
-    def tokenize(self, texts: list[str]) -> list[list[Encoded]]:
+    def tokenize(self, texts: list[str]) -> list[Doc]:
         """Windows of each text: one (truncated) window unless long_texts='chunk'."""
         if self.chunked:
             return self._tokenizer.encode_windows(texts)
         return [[encoded] for encoded in self._tokenizer.encode(texts)]
 
-    def embed_tokenized(
+    def embed_docs(
         self,
-        docs: list[list[Encoded]],
+        docs: list[Doc],
         on_batch: OnBatch | None = None,
         bucketing: bool = True,
         normalize: bool | None = None,
-    ) -> tuple[np.ndarray | list[np.ndarray], Counts]:
-        """Vectors for tokenized DOCS in their order, and what it took."""
-        windows = [w for doc in docs for w in doc]
-        owner = np.repeat(np.arange(len(docs)), [len(doc) for doc in docs])
-        counts = Counts(docs=len(docs), truncated=sum(doc[0].truncated for doc in docs))
-        token_rows: list[np.ndarray] = [np.empty(0)] * len(windows)
-        vectors = np.empty((len(windows), self.dimension), dtype=np.float32)
-        for batch in make_batches(windows, self.max_batch_tokens, sort=bucketing):
-            counts.tokens += batch.real_tokens
-            counts.padded_tokens += batch.padded_tokens
-            if self.pooling == "none":
-                hidden = self._session.run(batch.inputs, "last_hidden_state")
-                for row, window in zip(batch.rows, hidden, strict=True):
-                    token_rows[row] = window[: len(windows[row])].astype(np.float32)
-            else:
-                vectors[batch.rows] = self._pooled(batch.inputs)
-            if on_batch:  # a chunked text is finished only with its window of texts
-                on_batch(0 if self.chunked else len(batch.rows), batch.real_tokens)
-        if on_batch and self.chunked:
-            on_batch(len(docs), 0)
+    ) -> tuple[np.ndarray | list[np.ndarray], Stats]:
+        """Pooled vectors, or token vectors with pooling='none', for tokenized DOCS."""
         if self.pooling == "none":
-            return token_rows, counts
-        if len(windows) != len(docs):
-            vectors = self._combine_windows(vectors, windows, owner, len(docs))
-        normalize = self.normalize if normalize is None else normalize
-        return (l2_normalize(vectors) if normalize else vectors), counts
+            return self.token_vectors(docs, on_batch, bucketing)
+        return self.pooled(docs, on_batch, bucketing, normalize)
 
-    def _pooled(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        if self.pooling == self._graph_pooling:
-            return self._session.run(inputs, "sentence_embedding")
-        hidden = self._session.run(inputs, "last_hidden_state")
-        return pool(hidden, inputs["attention_mask"], self.pooling)
+    def pooled(
+        self,
+        docs: list[Doc],
+        on_batch: OnBatch | None = None,
+        bucketing: bool = True,
+        normalize: bool | None = None,
+    ) -> tuple[np.ndarray, Stats]:
+        """One float32 vector per doc, in DOCS' order, and what it took (with pooling='none',
+        the model's own pooling)."""
+        mode = self._graph_pooling if self.pooling == "none" else self.pooling
+        in_graph = mode == self._graph_pooling
+        windows_ = [w for doc in docs for w in doc]
+        vectors = np.empty((len(windows_), self.dimension), dtype=np.float32)
+        stats = self._doc_stats(docs)
+        output = "sentence_embedding" if in_graph else "last_hidden_state"
+        for batch, result in self._batches(windows_, output, bucketing, stats, on_batch):
+            vectors[batch.rows] = (
+                result if in_graph else pool(result, batch.inputs["attention_mask"], mode)
+            )
+        if on_batch and self.chunked:  # a chunked text is finished only with its window
+            on_batch(len(docs), 0)
+        if len(windows_) != len(docs):
+            vectors = self._combine_windows(vectors, docs)
+        normalize = self.normalize if normalize is None else normalize
+        return (l2_normalize(vectors) if normalize else vectors), stats
+
+    def token_vectors(
+        self, docs: list[Doc], on_batch: OnBatch | None = None, bucketing: bool = True
+    ) -> tuple[list[np.ndarray], Stats]:
+        """Each doc's (tokens, hidden) float32 token vectors, special tokens included."""
+        if any(len(doc) > 1 for doc in docs):
+            raise OptionError("token vectors need whole texts; long_texts='chunk' cut some")
+        windows_ = [doc[0] for doc in docs]
+        rows: list[np.ndarray] = [np.empty((0, self.dimension), np.float32)] * len(windows_)
+        stats = self._doc_stats(docs)
+        for batch, hidden in self._batches(
+            windows_, "last_hidden_state", bucketing, stats, on_batch
+        ):
+            for row, vectors in zip(batch.rows, hidden, strict=True):
+                rows[row] = vectors[: len(windows_[row])].astype(np.float32)
+        return rows, stats
 
     @staticmethod
-    def _combine_windows(
-        vectors: np.ndarray, windows: list[Encoded], owner: np.ndarray, n: int
-    ) -> np.ndarray:
+    def _doc_stats(docs: list[Doc]) -> Stats:
+        return Stats(
+            docs=len(docs),
+            truncated=sum(doc[0].truncated for doc in docs),
+            unknown_script=sum(doc[0].mostly_unknown for doc in docs),
+        )
+
+    def _batches(
+        self,
+        windows_: list[Encoded],
+        output: str,
+        bucketing: bool,
+        stats: Stats,
+        on_batch: OnBatch | None,
+    ) -> Iterator[tuple[Batch, np.ndarray]]:
+        for batch in make_batches(windows_, self.max_batch_tokens, sort=bucketing):
+            for part, result in self._run(batch, output):
+                stats.tokens += part.real_tokens
+                stats.padded_tokens += part.padded_tokens
+                yield part, result
+                if on_batch:
+                    on_batch(0 if self.chunked else len(part.rows), part.real_tokens)
+
+    def _run(self, batch: Batch, output: str) -> Iterator[tuple[Batch, np.ndarray]]:
+        """Run BATCH; out of device memory, halve it (and the budget) and run the halves."""
+        try:
+            result = self._session.run(batch.inputs, output)
+        except OutOfMemoryError:
+            if len(batch.rows) == 1:
+                raise
+            budget = max(1, min(self.max_batch_tokens, batch.padded_tokens) // 2)
+            warnings.warn(
+                f"out of memory on a batch of {batch.padded_tokens:,} padded tokens; "
+                f"retrying in halves, and max_batch_tokens is now {budget:,}",
+                AlbertOnnxWarning,
+                stacklevel=2,
+            )
+            self.max_batch_tokens = budget
+            for half in batch.halves():
+                yield from self._run(half, output)
+            return
+        yield batch, result
+
+    @staticmethod
+    def _combine_windows(vectors: np.ndarray, docs: list[Doc]) -> np.ndarray:
         """A long text's vector: its windows' vectors averaged, weighted by their tokens."""
-        weights = np.array([len(w) for w in windows], dtype=np.float32)[:, None]
-        combined = np.zeros((n, vectors.shape[1]), dtype=np.float32)
+        owner = np.repeat(np.arange(len(docs)), [len(doc) for doc in docs])
+        weights = np.array([len(w) for doc in docs for w in doc], dtype=np.float32)[:, None]
+        combined = np.zeros((len(docs), vectors.shape[1]), dtype=np.float32)
         np.add.at(combined, owner, vectors * weights)
-        totals = np.zeros((n, 1), dtype=np.float32)
+        totals = np.zeros((len(docs), 1), dtype=np.float32)
         np.add.at(totals, owner, weights)
         return combined / totals
 
     # -- the API people know ------------------------------------------------------------
 
     def stream(
-        self, texts: Iterable[str], on_batch: OnBatch | None = None, normalize: bool | None = None
-    ) -> Iterator[tuple[np.ndarray | list[np.ndarray], Counts]]:
-        """Embed an iterable window by window, tokenizing the next window meanwhile."""
+        self,
+        texts: Iterable[str],
+        on_batch: OnBatch | None = None,
+        normalize: bool | None = None,
+        window_texts: int = WINDOW_TEXTS,
+    ) -> Iterator[tuple[np.ndarray | list[np.ndarray], Stats]]:
+        """Embed an iterable window by window, tokenizing the next window meanwhile.
 
-        def tokenized() -> Iterator[list[list[Encoded]]]:
-            window: list[str] = []
-            for text in texts:
-                window.append(text)
-                if len(window) == WINDOW_TEXTS:
-                    yield self.tokenize(window)
-                    window = []
-            if window:
-                yield self.tokenize(window)
+        Texts are checked as they are windowed: a text that is not a string, or holds a lone
+        surrogate, raises an error naming its index in TEXTS.
+        """
+        check_positive("window_texts", window_texts)
+        seen = 0
 
-        for docs in ahead(tokenized()):
-            yield self.embed_tokenized(docs, on_batch, normalize=normalize)
+        def tokenize(window: list[str]) -> list[Doc]:
+            nonlocal seen
+            check_texts(window, first_index=seen)
+            seen += len(window)
+            return self.tokenize(window)
+
+        for _, docs in prepared(windows(texts, window_texts), tokenize):
+            yield self.embed_docs(docs, on_batch, normalize=normalize)
 
     def embed(
         self, texts: Sequence[str], normalize: bool | None = None, show_progress_bar: bool = False
     ) -> np.ndarray | list[np.ndarray]:
         """Vectors for TEXTS in input order: float32 (n, hidden), or token vectors."""
         if isinstance(texts, str):
-            raise TypeError("embed() takes a list of texts; wrap a single text in a list")
-        if show_progress_bar:
-            from rich.progress import Progress
-
-            with Progress() as progress:
-                task = progress.add_task("embedding", total=len(texts))
-                parts = [
-                    v
-                    for v, _ in self.stream(
-                        texts, lambda docs, _: progress.advance(task, docs), normalize
-                    )
-                ]
-        else:
-            parts = [v for v, _ in self.stream(texts, normalize=normalize)]
+            raise OptionError("embed() takes a list of texts; wrap a single text in a list")
+        total, parts = Stats(), []
+        with _progress(show_progress_bar, len(texts)) as advance:
+            for vectors, stats in self.stream(texts, advance, normalize):
+                parts.append(vectors)
+                total.add(stats)
+        coverage_warning(total, stacklevel=3)
         if self.pooling == "none":
             return [row for part in parts for row in part]
         return np.concatenate(parts) if parts else np.zeros((0, self.dimension), np.float32)
@@ -182,18 +307,60 @@ class Embedder:
     def encode(
         self,
         sentences: str | Sequence[str],
-        batch_size: int | None = None,
+        batch_size: int = 32,
         show_progress_bar: bool = False,
-        normalize_embeddings: bool | None = None,
+        output_value: Literal["sentence_embedding", "token_embeddings"] = "sentence_embedding",
         convert_to_numpy: bool = True,
-    ) -> np.ndarray:
-        """sentence-transformers' `encode`; batching is by token budget, so batch_size is
-        only accepted for compatibility. A single string gives a single vector."""
-        del batch_size, convert_to_numpy
-        single = isinstance(sentences, str)
-        vectors = self.embed(
-            [sentences] if single else list(sentences),
-            normalize=normalize_embeddings,
-            show_progress_bar=show_progress_bar,
+        convert_to_tensor: bool = False,
+        device: str | None = None,
+        normalize_embeddings: bool | None = None,
+        precision: Literal["float32"] = "float32",
+        **unsupported: Any,
+    ) -> np.ndarray | list[np.ndarray]:
+        """sentence-transformers' `encode`: a single string gives a single vector.
+
+        Batching is by token budget, so batch_size is accepted and ignored. What cannot be
+        honoured without torch, or is chosen elsewhere here, is refused by name.
+        """
+        check_positive("batch_size", batch_size)
+        refused = {
+            "convert_to_tensor": (
+                convert_to_tensor,
+                "albert-onnx is torch-free and returns numpy arrays",
+            ),
+            "device": (
+                device is not None,
+                "the device is chosen when the Embedder is made: "
+                "Embedder(provider='cuda', device_id=N)",
+            ),
+            "precision": (
+                precision != "float32",
+                "only float32 embeddings are returned (the `embed` command writes float16)",
+            ),
+        }
+        for name, (given, why) in refused.items():
+            if given:
+                raise OptionError(f"encode({name}=...) is not supported: {why}")
+        if unsupported:
+            raise OptionError(
+                f"encode() does not support {', '.join(sorted(unsupported))} "
+                "(prompts, chunking and pooling are properties of the model directory)"
+            )
+        check_choice(
+            "output_value", output_value, Literal["sentence_embedding", "token_embeddings"]
         )
-        return vectors[0] if single else vectors
+        single = isinstance(sentences, str)
+        texts = [sentences] if single else list(sentences)
+        if output_value == "token_embeddings":
+            if self.chunked:
+                raise OptionError("token embeddings need whole texts; use long_texts='truncate'")
+            check_texts(texts)
+            vectors, stats = self.token_vectors(self.tokenize(texts))
+            coverage_warning(stats, stacklevel=3)
+            return vectors[0] if single else vectors
+        embedded = self.embed(
+            texts, normalize=normalize_embeddings, show_progress_bar=show_progress_bar
+        )
+        if single:
+            return embedded[0]
+        return embedded if convert_to_numpy else list(embedded)

@@ -12,14 +12,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from albert_onnx.errors import ManifestError
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "albert_onnx.json"
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 POOLING_MODES = ("mean", "cls", "max")
-
-
-class ManifestError(ValueError):
-    """A model directory that cannot be used as it is."""
 
 
 def sha256_of(path: Path) -> str:
@@ -53,8 +51,8 @@ class Manifest:
     pooling: str
     normalize: bool
     variants: dict[str, Variant]
-    word_embeddings: dict[str, str]
     tools: dict[str, str]
+    word_embeddings: dict[str, str] = field(default_factory=dict)  # absent for some models
     format_version: int = FORMAT_VERSION
 
     @property
@@ -80,6 +78,10 @@ def load_manifest(directory: str | Path) -> Manifest:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
         raise ManifestError(
@@ -89,8 +91,10 @@ def load_manifest(directory: str | Path) -> Manifest:
     try:
         raw["variants"] = {name: Variant(**v) for name, v in raw["variants"].items()}
         manifest = Manifest(**raw)
-    except (KeyError, TypeError) as exc:
-        raise ManifestError(f"{path}: malformed manifest ({exc})") from exc
+        int(manifest.tokenizer["max_length"]), str(manifest.tokenizer["file"])
+        int(manifest.architecture["hidden_size"])
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ManifestError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from exc
     if manifest.pooling not in POOLING_MODES:
         raise ManifestError(f"{path}: field 'pooling': unknown mode {manifest.pooling!r}")
     return manifest

@@ -1,5 +1,5 @@
-"""Find a model directory (explicit, $ALBERT_ONNX_MODEL, or the shipped default) and pick
-the graph variant for this machine, after checking it against the manifest."""
+"""The model directory: found (explicit, $ALBERT_ONNX_MODEL, or the shipped default), its
+manifest read, and each file handed out only after its sha256 matched the manifest."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from albert_onnx.runtime.manifest import Manifest, ManifestError, load_manifest, verified_file
-from albert_onnx.runtime.providers import choose_provider
+from albert_onnx.errors import ManifestError
+from albert_onnx.runtime.manifest import Manifest, load_manifest, verified_file
 
 ENV_MODEL = "ALBERT_ONNX_MODEL"
-# Best first; the last entries only matter for directories shipped without some variants.
-PREFERRED = {"cuda": ("fp16", "fp32", "int8"), "cpu": ("int8", "fp32", "fp16")}
 
 
 def default_model_dir() -> Path:
@@ -36,38 +34,37 @@ def resolve_model(model: str | Path | None) -> Path:
     return path
 
 
-def cuda_probe_graph(directory: Path, manifest: Manifest) -> Path:
-    """The graph a CUDA session is tried on: the one CUDA would run."""
-    name = next(p for p in PREFERRED["cuda"] if p in manifest.variants)
-    return directory / manifest.variants[name].file
-
-
 @dataclass(frozen=True)
-class ModelChoice:
+class ModelDir:
     directory: Path
     manifest: Manifest
-    provider: str
-    precision: str
-    graph: Path
-    tokenizer: Path
 
+    @classmethod
+    def open(cls, model: str | Path | None) -> ModelDir:
+        directory = resolve_model(model)
+        return cls(directory, load_manifest(directory))
 
-def open_model(
-    model: str | Path | None, provider: str = "auto", precision: str = "auto"
-) -> ModelChoice:
-    """Resolve, check hashes and choose provider + precision, before any work starts."""
-    directory = resolve_model(model)
-    manifest = load_manifest(directory)
-    available = set(manifest.variants)
-    chosen_provider = choose_provider(provider, cuda_probe_graph(directory, manifest))
-    if precision == "auto":
-        precision = next(p for p in PREFERRED[chosen_provider] if p in available)
-    elif precision not in available:
-        raise ManifestError(
-            f"{directory}: no {precision} variant in the manifest (it has "
-            f"{', '.join(sorted(available))}); re-export with --quantize / --fp16"
-        )
-    variant = manifest.variants[precision]
-    graph = verified_file(directory, variant.file, variant.sha256)
-    tokenizer = verified_file(directory, manifest.tokenizer["file"], manifest.tokenizer["sha256"])
-    return ModelChoice(directory, manifest, chosen_provider, precision, graph, tokenizer)
+    @property
+    def name(self) -> str:
+        return self.directory.name
+
+    def graph(self, precision: str) -> Path:
+        """The verified graph file of PRECISION (fp32, int8 or fp16)."""
+        variants = self.manifest.variants
+        if precision not in variants:
+            raise ManifestError(
+                f"{self.directory}: no {precision} variant in the manifest (it has "
+                f"{', '.join(sorted(variants))}); re-export with --quantize / --fp16"
+            )
+        return verified_file(self.directory, variants[precision].file, variants[precision].sha256)
+
+    def tokenizer(self) -> Path:
+        record = self.manifest.tokenizer
+        return verified_file(self.directory, record["file"], record["sha256"])
+
+    def fingerprint(self, precision: str) -> dict[str, str]:
+        """What identifies the vectors this directory gives: the graph's and tokenizer's bytes."""
+        return {
+            "graph_sha256": self.manifest.variants[precision].sha256,
+            "tokenizer_sha256": self.manifest.tokenizer["sha256"],
+        }

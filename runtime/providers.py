@@ -1,24 +1,23 @@
-"""Which onnxruntime execution providers actually work here, and CPU thread counts.
+"""What this machine offers the session: the onnxruntime install, CUDA in it, CPU cores.
 
-`get_available_providers()` lists what the wheel was built with, not what runs: a CUDA
-build without CUDA libraries silently falls back to CPU. So a provider counts as working
-only when a session asked for it alone reports it in `get_providers()`.
+Whether CUDA really works is only known by starting a session on it; `session.py` does
+that once, on the graph it will run.
 """
 
 from __future__ import annotations
 
 import os
-from functools import cache
 from importlib import metadata
 from pathlib import Path
 
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+from albert_onnx.errors import ProviderError
 
 PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
-
-
-class ProviderError(RuntimeError):
-    """A requested provider is not usable on this machine."""
+CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1 = (
+    Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"),
+    Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+)
 
 
 def onnxruntime_module():
@@ -31,6 +30,11 @@ def onnxruntime_module():
             "(or 'albert-onnx[gpu]' on a CUDA machine)"
         ) from exc
     return onnxruntime
+
+
+def cuda_in_build() -> bool:
+    """True when the installed onnxruntime was built with CUDA (not that CUDA works)."""
+    return PROVIDER_NAMES["cuda"] in onnxruntime_module().get_available_providers()
 
 
 def installed_runtimes() -> list[str]:
@@ -47,44 +51,27 @@ def installed_runtimes() -> list[str]:
 def cpu_threads() -> int:
     """Cores this process may run on (affinity and cgroup quota aware), never more."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    quota = _cgroup_cpu_limit()
+    quota = cgroup_cpu_limit()
     return max(1, min(cores or 1, quota or cores or 1))
 
 
-def _cgroup_cpu_limit() -> int | None:
+def cgroup_cpu_limit(v2: Path = CGROUP_V2, v1: tuple[Path, Path] = CGROUP_V1) -> int | None:
+    """Whole CPUs of this container's quota (rounded down, at least 1), or None if unlimited.
+
+    cgroup v2 writes "QUOTA PERIOD" or "max PERIOD" to cpu.max; v1 keeps the two numbers in
+    two files, with quota -1 for unlimited. A 1.5-CPU quota gives 1: a second busy thread
+    would only be throttled.
+    """
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        quota, period = v2.read_text().split()
     except (OSError, ValueError):
+        try:
+            quota, period = (path.read_text().strip() for path in v1)
+        except (OSError, ValueError):
+            return None
+    if quota in ("max", "-1"):
         return None
-    return None if quota == "max" else max(1, int(int(quota) // int(period)))
-
-
-@cache
-def cuda_works(probe_model: str) -> bool:
-    """True when a session on PROBE_MODEL really runs on the CUDA provider."""
-    ort = onnxruntime_module()
-    if PROVIDER_NAMES["cuda"] not in ort.get_available_providers():
-        return False
-    if hasattr(ort, "preload_dlls"):
-        ort.preload_dlls()
     try:
-        session = ort.InferenceSession(probe_model, providers=[PROVIDER_NAMES["cuda"]])
-    except Exception:  # missing CUDA/cuDNN libraries surface as generic runtime errors
-        return False
-    return PROVIDER_NAMES["cuda"] in session.get_providers()
-
-
-def choose_provider(requested: str, cuda_probe: Path) -> str:
-    """'auto' -> cuda when it really works, else cpu. 'cuda' without CUDA is an error."""
-    if requested not in ("auto", *PROVIDER_NAMES):
-        raise ProviderError(f"unknown provider {requested!r} (auto, cpu or cuda)")
-    if requested == "cpu":
-        return "cpu"
-    if cuda_works(str(cuda_probe)):
-        return "cuda"
-    if requested == "cuda":
-        raise ProviderError(
-            "the CUDA execution provider does not work on this machine (is onnxruntime-gpu "
-            "installed, with CUDA and cuDNN libraries?); use --provider cpu"
-        )
-    return "cpu"
+        return max(1, int(quota) // int(period))
+    except (ValueError, ZeroDivisionError):
+        return None

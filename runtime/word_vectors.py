@@ -11,18 +11,25 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from albert_onnx.runtime.manifest import load_manifest, verified_file
-
-METASPACE = "\u2581"  # SentencePiece's word-boundary piece carries no meaning of its own
+from albert_onnx.errors import InputError, ManifestError
+from albert_onnx.runtime.manifest import verified_file
+from albert_onnx.runtime.model_dir import ModelDir
+from albert_onnx.runtime.tokenizer import METASPACE
 
 
 class WordVectors:
-    """Look words up in a model directory's `word_embeddings.npy`."""
+    """Look words up in a model directory's `word_embeddings.npy` (default: the shipped
+    model, like everywhere else)."""
 
-    def __init__(self, model_dir: str | Path) -> None:
-        model_dir = Path(model_dir)
-        manifest = load_manifest(model_dir)
+    def __init__(self, model: str | Path | None = None) -> None:
+        opened = ModelDir.open(model)
+        model_dir, manifest = opened.directory, opened.manifest
         record = manifest.word_embeddings
+        if not {"file", "sha256", "projection_file", "projection_sha256"} <= set(record):
+            raise ManifestError(
+                f"{model_dir}: the manifest lists no word embeddings (export writes them; "
+                "this directory was made another way)"
+            )
         self.table = np.load(
             verified_file(model_dir, record["file"], record["sha256"]), mmap_mode="r"
         )
@@ -30,9 +37,7 @@ class WordVectors:
             verified_file(model_dir, record["projection_file"], record["projection_sha256"])
         )
         self.weight, self.bias = projection["weight"], projection["bias"]
-        self.tokenizer = Tokenizer.from_file(
-            str(verified_file(model_dir, manifest.tokenizer["file"], manifest.tokenizer["sha256"]))
-        )
+        self.tokenizer = Tokenizer.from_file(str(opened.tokenizer()))
 
     def pieces(self, word: str) -> list[tuple[str, int]]:
         encoding = self.tokenizer.encode(word, add_special_tokens=False)
@@ -44,6 +49,6 @@ class WordVectors:
         """Mean of WORD's piece vectors (E dims), or its projection (H dims)."""
         ids = [i for _, i in self.pieces(word)]
         if not ids:
-            raise ValueError(f"{word!r} has no word pieces in this vocabulary")
+            raise InputError(f"{word!r} has no word pieces in this vocabulary")
         vector = np.asarray(self.table[ids], dtype=np.float32).mean(axis=0)
         return vector @ self.weight.T + self.bias if project else vector

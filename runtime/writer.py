@@ -5,6 +5,10 @@ name and renamed; `state.json` is replaced after the shard, so a kill at any mom
 leaves only complete shards behind and `--resume` continues after the last one. The final
 file is assembled from the shards in a streaming pass (constant memory) and renamed into
 place, so it is byte-for-byte the same whether or not the run was interrupted.
+
+The writer holds the output's lock from start to finish, never writes over the files it is
+told to protect (the corpus, the model directory), and leaves no temporary file behind
+when a write fails. It only writes: what the state's `progress` means is the job's business.
 """
 
 from __future__ import annotations
@@ -13,45 +17,83 @@ import itertools
 import json
 import os
 import shutil
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from albert_onnx.errors import OutputError
+from albert_onnx.runtime.options import Dtype, check_choice
+from albert_onnx.runtime.output_lock import OutputLock
+
 FORMATS = (".npy", ".npz", ".parquet", ".jsonl")
 RAGGED_FORMATS = (".npz", ".jsonl")
-
-
-class OutputError(ValueError):
-    """The output cannot be written as asked (exists, wrong format, stale state)."""
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+STATE_VERSION = 2
 
 
 def sidecar(output: Path, suffix: str) -> Path:
     return output.with_name(output.name + suffix)
 
 
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write PATH through a temporary sibling renamed into place; on failure remove it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    """A and B are the same file, or one lies inside the other (links resolved)."""
+    a, b = Path(os.path.realpath(a)), Path(os.path.realpath(b))
+    if a == b or a in b.parents or b in a.parents:
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def _write_npy_header(f: BinaryIO, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_2_0(f, header)
+
+
+def _write_raw(f: BinaryIO, array: np.ndarray) -> None:
+    if array.size:  # a memoryview of a zero-size array cannot be cast to bytes
+        f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+
+
 class ShardWriter:
-    """Shards under `<output>.parts/`, then the final OUTPUT (.npy, .npz, .parquet, .jsonl)."""
+    """Shards under `<output>.parts/`, then the final OUTPUT (.npy, .npz, .parquet, .jsonl).
+
+    Use it as a context manager: the output's lock is held until the block ends.
+    """
 
     def __init__(
         self,
         output: Path,
         settings: dict[str, Any],
         *,
-        dtype: str = "float32",
+        dtype: Dtype = "float32",
         ragged: bool = False,
         resume: bool = False,
         force: bool = False,
+        protect: dict[str, Path] | None = None,
     ) -> None:
         self.output = Path(output)
         self.format = self.output.suffix
@@ -66,133 +108,183 @@ class ShardWriter:
                 raise OutputError(
                     f"{output}: .parquet needs pyarrow (albert-onnx[parquet])"
                 ) from exc
-        self.dtype = np.dtype(dtype)
+        self.dtype = np.dtype(check_choice("dtype", dtype, Dtype))
         self.ragged = ragged
         self.parts = sidecar(self.output, ".parts")
+        self.ids_file = sidecar(self.output, ".ids.jsonl")
+        self.errors_file = sidecar(self.output, ".errors.jsonl")
+        self._lock = OutputLock(sidecar(self.output, ".lock"), self.output)
+        self._refuse_overlaps(protect or {})
+        if self.output.is_dir():
+            raise OutputError(f"{output} is a directory; name the output file (for example v.npy)")
         self.settings = settings
-        self.state = self._open(resume, force)
+        self._lock.acquire()
+        try:
+            self.state = self._open(resume, force)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+
+    def _refuse_overlaps(self, protect: dict[str, Path]) -> None:
+        ours = (self.output, self.parts, self.ids_file, self.errors_file, self._lock.path)
+        for what, path in protect.items():
+            for mine in ours:
+                if _overlap(mine, path):
+                    raise OutputError(
+                        f"{mine} would overwrite {what} ({path}); choose another output"
+                    )
 
     def _open(self, resume: bool, force: bool) -> dict[str, Any]:
         state_file = self.parts / "state.json"
         if resume and state_file.is_file():
-            state = json.loads(state_file.read_text(encoding="utf-8"))
-            changed = [k for k in self.settings if state["settings"].get(k) != self.settings[k]]
-            if changed:
-                raise OutputError(
-                    f"{self.parts}: cannot resume, {', '.join(changed)} changed since the "
-                    "interrupted run; use --force to start over"
-                )
-            known = {f"{i:06d}" for i in range(len(state["shards"]))}
-            for stray in self.parts.iterdir():  # partial shards of the killed run
-                if stray.name != "state.json" and stray.name.split(".")[0] not in known:
-                    stray.unlink()
-            return state
-        existing = [p for p in (self.output, self.parts) if p.exists()]
+            return self._resumed(state_file)
+        if resume and not self.parts.exists() and self.output.exists():
+            raise OutputError(
+                f"{self.output} is already complete: there is no interrupted run to resume "
+                "(use --force to embed again)"
+            )
+        # a run killed before its first state was written left nothing worth keeping
+        existing = [p for p in (self.output, self.parts) if p.exists() and not resume]
         if existing and not force:
             raise OutputError(
                 f"{existing[0]} already exists; pass --resume to continue or --force to replace"
             )
-        for path in existing:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for path in (self.output, self.parts, self.ids_file, self.errors_file):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
         self.parts.mkdir(parents=True)
-        return {"settings": self.settings, "shards": [], "lines_done": 0, "counts": {}}
+        state = {"version": STATE_VERSION, "settings": self.settings, "shards": [], "progress": {}}
+        _atomic_write(state_file, lambda f: f.write(json.dumps(state).encode()))
+        return state
+
+    def _resumed(self, state_file: Path) -> dict[str, Any]:
+        try:
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise OutputError(f"{state_file}: unreadable ({exc}); use --force") from exc
+        if state.get("version") != STATE_VERSION:
+            raise OutputError(
+                f"{self.parts} was written by another albert-onnx version; use --force"
+            )
+        old = state["settings"]
+        changed = [k for k in {*old, *self.settings} if old.get(k) != self.settings.get(k)]
+        if changed:
+            raise OutputError(
+                f"{self.parts}: cannot resume, {', '.join(sorted(changed))} changed since the "
+                "interrupted run; use --force to start over"
+            )
+        known = {f"{i:06d}" for i in range(len(state["shards"]))}
+        for stray in self.parts.iterdir():  # partial shards of the killed run
+            if stray.name != "state.json" and stray.name.split(".")[0] not in known:
+                stray.unlink()
+        return state
 
     @property
-    def lines_done(self) -> int:
-        return self.state["lines_done"]
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return self.state["counts"]
+    def progress(self) -> dict[str, Any]:
+        """What the job recorded with the last shard ({} before the first)."""
+        return self.state["progress"]
 
     def write_shard(
         self,
         ids: list,
-        vectors: np.ndarray,
-        lengths: np.ndarray | None,
+        vectors: np.ndarray | list[np.ndarray],
         errors: list[dict],
-        lines_done: int,
-        counts: dict[str, int],
+        progress: dict[str, Any],
     ) -> None:
+        """Write one window's rows (pooled vectors, or each row's token vectors if ragged)."""
         name = f"{len(self.state['shards']):06d}"
-        vectors = np.ascontiguousarray(vectors, dtype=self.dtype)
-        _atomic_write(self.parts / f"{name}.npy", lambda f: np.save(f, vectors))
-        meta = {
-            "ids": ids,
-            "errors": errors,
-            "lengths": None if lengths is None else lengths.tolist(),
-        }
+        lengths = None
+        if self.ragged:
+            lengths = [len(v) for v in vectors]
+            width = vectors[0].shape[1] if lengths else 0
+            vectors = np.concatenate(vectors) if lengths else np.zeros((0, width))
+        array = np.ascontiguousarray(vectors, dtype=self.dtype)
+        _atomic_write(self.parts / f"{name}.npy", lambda f: np.save(f, array))
+        meta = {"ids": ids, "errors": errors, "lengths": lengths}
         _atomic_write(self.parts / f"{name}.json", lambda f: f.write(json.dumps(meta).encode()))
-        self.state["shards"].append({"rows": len(ids), "vector_rows": len(vectors)})
-        self.state["lines_done"] = lines_done
-        for key, value in counts.items():
-            self.state["counts"][key] = self.state["counts"].get(key, 0) + value
+        self.state["shards"].append({"rows": len(ids), "vector_rows": len(array)})
+        self.state["progress"] = progress
         _atomic_write(self.parts / "state.json", lambda f: f.write(json.dumps(self.state).encode()))
 
-    def _shards(self) -> Iterator[tuple[np.ndarray, dict]]:
+    def _metas(self) -> Iterator[dict]:
         for i in range(len(self.state["shards"])):
-            meta = json.loads((self.parts / f"{i:06d}.json").read_text(encoding="utf-8"))
-            yield np.load(self.parts / f"{i:06d}.npy", mmap_mode="r"), meta
+            yield json.loads((self.parts / f"{i:06d}.json").read_text(encoding="utf-8"))
 
-    def finish(self, dimension: int, keep_errors: bool) -> list[Path]:
+    def _vectors(self) -> Iterator[np.ndarray]:
+        for i, shard in enumerate(self.state["shards"]):
+            mmap = "r" if shard["vector_rows"] else None  # an empty file cannot be mapped
+            yield np.load(self.parts / f"{i:06d}.npy", mmap_mode=mmap)
+
+    def ids(self) -> Iterator[list]:
+        """Each shard's ids, in order."""
+        return (meta["ids"] for meta in self._metas())
+
+    def finish(self, dimension: int, id_kind: str, keep_errors: bool) -> list[Path]:
         """Assemble the final output (and ids / errors sidecars); remove the shards."""
         rows = sum(s["vector_rows"] for s in self.state["shards"])
         written = [self.output]
         if self.format == ".npy":
             _atomic_write(self.output, lambda f: self._write_npy(f, rows, dimension))
-            ids_file = sidecar(self.output, ".ids.jsonl")
-            _atomic_write(ids_file, self._write_ids)
-            written.append(ids_file)
+            _atomic_write(self.ids_file, self._write_ids_jsonl)
+            written.append(self.ids_file)
         elif self.format == ".npz":
-            _atomic_write(self.output, lambda f: self._write_npz(f, rows, dimension))
+            _atomic_write(self.output, lambda f: self._write_npz(f, rows, dimension, id_kind))
         elif self.format == ".jsonl":
             _atomic_write(self.output, self._write_jsonl)
         else:
-            self._write_parquet(dimension)
+            self._write_parquet(dimension, id_kind)
         if keep_errors:
-            errors_file = sidecar(self.output, ".errors.jsonl")
-            _atomic_write(errors_file, self._write_errors)
-            written.append(errors_file)
+            _atomic_write(self.errors_file, self._write_errors)
+            written.append(self.errors_file)
         shutil.rmtree(self.parts)
         return written
 
-    def _write_npy(self, f, rows: int, dimension: int) -> None:
-        header = {
-            "descr": np.lib.format.dtype_to_descr(self.dtype),
-            "fortran_order": False,
-            "shape": (rows, dimension),
-        }
-        np.lib.format.write_array_header_2_0(f, header)
-        for vectors, _ in self._shards():
-            f.write(memoryview(np.ascontiguousarray(vectors)).cast("B"))
+    def _write_npy(self, f: BinaryIO, rows: int, dimension: int) -> None:
+        _write_npy_header(f, self.dtype, (rows, dimension))
+        for vectors in self._vectors():
+            _write_raw(f, vectors)
 
-    def _write_ids(self, f) -> None:
-        for _, meta in self._shards():
-            f.write("".join(json.dumps(i) + "\n" for i in meta["ids"]).encode())
+    def _write_ids_jsonl(self, f: BinaryIO) -> None:
+        for ids in self.ids():
+            f.write("".join(json.dumps(i) + "\n" for i in ids).encode())
 
-    def _write_errors(self, f) -> None:
-        for _, meta in self._shards():
+    def _write_errors(self, f: BinaryIO) -> None:
+        for meta in self._metas():
             f.write("".join(json.dumps(e) + "\n" for e in meta["errors"]).encode())
 
-    def _all_ids(self) -> np.ndarray:
-        ids = [i for _, meta in self._shards() for i in meta["ids"]]
-        return np.asarray(ids) if ids else np.zeros(0, dtype=np.int64)
+    def _write_ids_npy(self, f: BinaryIO, id_kind: str) -> None:
+        """ids as int64, or as fixed-width unicode (never a pickled object array), streamed."""
+        count = sum(s["rows"] for s in self.state["shards"])
+        if id_kind == "int":
+            dtype = np.dtype(np.int64)
+        else:
+            width = max((len(i) for ids in self.ids() for i in ids), default=0)
+            dtype = np.dtype(f"<U{max(width, 1)}")
+        _write_npy_header(f, dtype, (count,))
+        for ids in self.ids():
+            _write_raw(f, np.array(ids, dtype=dtype))
 
-    def _write_npz(self, f, rows: int, dimension: int) -> None:
-        import zipfile
-
+    def _write_npz(self, f: BinaryIO, rows: int, dimension: int, id_kind: str) -> None:
         with zipfile.ZipFile(f, "w", allowZip64=True) as archive:
             with archive.open("embeddings.npy", "w", force_zip64=True) as member:
                 self._write_npy(member, rows, dimension)
             with archive.open("ids.npy", "w", force_zip64=True) as member:
-                np.save(member, self._all_ids())
+                self._write_ids_npy(member, id_kind)
             if self.ragged:
-                lengths = [n for _, meta in self._shards() for n in meta["lengths"]]
+                lengths = [n for meta in self._metas() for n in meta["lengths"]]
                 with archive.open("offsets.npy", "w", force_zip64=True) as member:
                     np.save(member, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
 
-    def _write_jsonl(self, f) -> None:
-        for vectors, meta in self._shards():
+    def _write_jsonl(self, f: BinaryIO) -> None:
+        for vectors, meta in zip(self._vectors(), self._metas(), strict=True):
             if self.ragged:
                 bounds = np.cumsum([0, *meta["lengths"]])
                 rows = [vectors[a:b].tolist() for a, b in itertools.pairwise(bounds)]
@@ -205,22 +297,22 @@ class ShardWriter:
                 ).encode()
             )
 
-    def _write_parquet(self, dimension: int) -> None:
+    def _write_parquet(self, dimension: int, id_kind: str) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         value_type = pa.float16() if self.dtype == np.float16 else pa.float32()
-        ids = self._all_ids()
-        id_type = pa.string() if ids.dtype.kind == "U" else pa.int64()
+        id_type = pa.int64() if id_kind == "int" else pa.string()
         schema = pa.schema([("id", id_type), ("vector", pa.list_(value_type, dimension))])
         tmp = self.output.with_name(f".{self.output.name}.tmp")
-        with pq.ParquetWriter(tmp, schema) as parquet:
-            for vectors, meta in self._shards():
-                flat = pa.array(np.ascontiguousarray(vectors).reshape(-1), type=value_type)
-                column = pa.FixedSizeListArray.from_arrays(flat, dimension)
-                parquet.write_table(
-                    pa.table(
-                        {"id": pa.array(meta["ids"], type=id_type), "vector": column}, schema=schema
-                    )
-                )
-        os.replace(tmp, self.output)
+        try:
+            with pq.ParquetWriter(tmp, schema) as parquet:
+                for vectors, ids in zip(self._vectors(), self.ids(), strict=True):
+                    flat = pa.array(np.ascontiguousarray(vectors).reshape(-1), type=value_type)
+                    column = pa.FixedSizeListArray.from_arrays(flat, dimension)
+                    table = pa.table({"id": pa.array(ids, type=id_type), "vector": column})
+                    parquet.write_table(table.cast(schema))
+            os.replace(tmp, self.output)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise

@@ -119,7 +119,9 @@ def test_export_without_fp32_ships_only_the_derived_variants(english_checkpoint,
     assert info.returncode == 0 and "MISMATCH" not in info.stdout, info.stderr
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"text": "still embeds"}\n')
-    embed = run_cli("embed", corpus, "--model", tmp_path / "m", "-o", tmp_path / "v.npy")
+    embed = run_cli(
+        "embed", corpus, "--model", tmp_path / "m", "-o", tmp_path / "v.npy", "--provider", "cpu"
+    )
     assert embed.returncode == 0 and "int8 on cpu" in embed.stderr, embed.stderr
 
 

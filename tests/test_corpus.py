@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from albert_onnx import Embedder
-from albert_onnx.runtime.corpus import embed_corpus
-from albert_onnx.runtime.reader import CorpusError
+from albert_onnx.errors import CorpusError, OutputError
+from albert_onnx.runtime.job import embed_corpus
 
 from conftest import OFFLINE_ENV, real_texts, run_cli, write_jsonl
 
@@ -68,7 +68,7 @@ def test_skip_mode_logs_bad_lines_and_keeps_ids_aligned(embedder, tmp_path):
     errors = [json.loads(x) for x in (tmp_path / "v.npy.errors.jsonl").read_text().splitlines()]
     assert [e["line"] for e in errors] == [2, 5, 7]
     assert "invalid JSON" in errors[0]["reason"] and "list" in errors[1]["reason"]
-    assert (summary.docs, summary.skipped, summary.blank_lines) == (4, 3, 1)
+    assert (summary.stats.docs, summary.stats.skipped, summary.stats.blank_lines) == (4, 3, 1)
     vectors = np.load(output)
     expected = embedder.embed(["first", "third", "sixth", ""])  # the empty string is text
     assert np.abs(vectors - expected).max() < 1e-5
@@ -79,7 +79,7 @@ def test_bom_crlf_and_blank_lines_are_accepted(embedder, tmp_path):
     corpus.write_bytes(b'\xef\xbb\xbf{"text": "one"}\r\n\r\n{"text": "two"}\r\n   \r\n')
     summary = embed_corpus(embedder, corpus, tmp_path / "v.npz")
     saved = np.load(tmp_path / "v.npz")
-    assert saved["ids"].tolist() == [1, 3] and summary.blank_lines == 2
+    assert saved["ids"].tolist() == [1, 3] and summary.stats.blank_lines == 2
     assert np.abs(saved["embeddings"] - embedder.embed(["one", "two"])).max() < 1e-5
 
 
@@ -138,8 +138,6 @@ class TestOutputFormats:
             )
 
     def test_existing_output_needs_force(self, embedder, corpus, tmp_path):
-        from albert_onnx.runtime.writer import OutputError
-
         (tmp_path / "v.npy").write_text("precious")
         with pytest.raises(OutputError, match="--resume to continue or --force"):
             embed_corpus(embedder, corpus, tmp_path / "v.npy")

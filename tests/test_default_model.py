@@ -66,7 +66,9 @@ def test_sts_b_test_spearman_holds_through_int8(no_model_override, sts_test):
 
 def test_embed_command_needs_no_model_option(tmp_path):
     corpus = write_jsonl(tmp_path / "c.jsonl", ["one text", "another text", "a third"])
-    result = run_cli("embed", corpus, "--output", tmp_path / "v.npy", "--id-field", "doc_id")
+    result = run_cli(
+        "embed", corpus, "--output", tmp_path / "v.npy", "--id-field", "doc_id", "--provider", "cpu"
+    )
     assert result.returncode == 0, result.stderr
     assert "albert-minilm-small: int8 on cpu" in result.stderr
     assert np.load(tmp_path / "v.npy").shape == (3, 384)

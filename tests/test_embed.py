@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -13,10 +12,9 @@ import torch
 from transformers import AlbertModel
 
 from albert_onnx import Embedder
+from albert_onnx.errors import ManifestError
 from albert_onnx.export.graph import pool
 from albert_onnx.runtime.bucketer import make_batches
-from albert_onnx.runtime.manifest import ManifestError
-from albert_onnx.runtime.providers import ProviderError, cpu_threads
 from albert_onnx.runtime.tokenizer import TextTokenizer
 
 from conftest import real_texts, run_cli, write_jsonl
@@ -84,7 +82,7 @@ def test_vectors_do_not_depend_on_bucketing_or_budget(english_export, texts):
     ]
     unsorted = Embedder(english_export, precision="fp32")
     tokenized = unsorted.tokenize(shuffled)
-    runs.append(unsorted.embed_tokenized(tokenized, bucketing=False)[0])
+    runs.append(unsorted.pooled(tokenized, bucketing=False)[0])
     one_by_one = np.concatenate([unsorted.embed([t]) for t in shuffled[:20]])
     for run in runs[1:]:
         assert np.abs(run - runs[0]).max() < 1e-5
@@ -135,34 +133,15 @@ def test_long_texts_chunk_mode_averages_overlapping_windows(english_export):
     chunking = Embedder(english_export, precision="fp32", long_texts="chunk")
     windows = chunking.tokenize([long_text])[0]
     assert len(windows) > 1 and all(len(w) <= 512 for w in windows)
-    per_window, _ = chunking.embed_tokenized([[w] for w in windows])
+    per_window, _ = chunking.pooled([[w] for w in windows])
     weights = np.array([len(w) for w in windows], dtype=np.float32)
     expected = (per_window * weights[:, None]).sum(0) / weights.sum()
-    chunked, counts = chunking.embed_tokenized([windows])
+    chunked, counts = chunking.pooled([windows])
     assert np.allclose(chunked[0], expected, atol=1e-5) and counts.truncated == 0
-    _, truncated_counts = truncating.embed_tokenized(truncating.tokenize([long_text]))
+    _, truncated_counts = truncating.pooled(truncating.tokenize([long_text]))
     assert truncated_counts.truncated == 1
     short = ["short text", "another one"]
     assert np.allclose(chunking.embed(short), truncating.embed(short), atol=1e-6)
-
-
-class TestChoosingProviderAndVariant:
-    def test_auto_picks_int8_on_cpu(self, english_export):
-        embedder = Embedder(english_export)
-        assert (embedder.provider, embedder.precision) == ("cpu", "int8")
-
-    def test_cuda_requested_without_cuda_is_an_error(self, english_export):
-        with pytest.raises(ProviderError, match="CUDA execution provider does not work"):
-            Embedder(english_export, provider="cuda")
-
-    def test_threads_follow_cpu_affinity(self):
-        code = (
-            "import os; os.sched_setaffinity(0, {0}); "
-            "from albert_onnx.runtime.providers import cpu_threads; print(cpu_threads())"
-        )
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        assert result.stdout.strip() == "1"
-        assert 1 <= cpu_threads() <= (os.cpu_count() or 1)
 
 
 class TestManifestIsCheckedFirst:

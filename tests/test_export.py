@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AlbertModel
 
+from albert_onnx.errors import ExportError
 from albert_onnx.export import exporter
-from albert_onnx.export.errors import ExportError
 from albert_onnx.export.exporter import export_model
 from albert_onnx.export.graph import pool
 from albert_onnx.runtime.manifest import FORMAT_VERSION, VARIANT_FILES, load_manifest
