@@ -111,7 +111,7 @@ class TextTokenizer:
         if unknown is None and model.get("unk_token"):
             unknown = self._tokenizer.token_to_id(model["unk_token"])
         added = self._tokenizer.get_added_tokens_decoder()
-        ignored = [i for i, token in added.items() if token.special]
+        ignored = [i for i, token in added.items() if token.special and i != unknown]
         if self._tokenizer.token_to_id(METASPACE) is not None:
             ignored.append(self._tokenizer.token_to_id(METASPACE))
         return unknown, np.array(ignored, dtype=np.int32)

@@ -19,6 +19,7 @@ import os
 import shutil
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -45,19 +46,30 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write PATH through a temporary sibling renamed into place; on failure remove it."""
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary sibling to write, renamed onto PATH at the end. On failure it is removed,
+    and an OSError that names no file (a failed write) is made to name PATH."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    with _replacing(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _overlap(a: Path, b: Path) -> bool:
@@ -304,15 +316,9 @@ class ShardWriter:
         value_type = pa.float16() if self.dtype == np.float16 else pa.float32()
         id_type = pa.int64() if id_kind == "int" else pa.string()
         schema = pa.schema([("id", id_type), ("vector", pa.list_(value_type, dimension))])
-        tmp = self.output.with_name(f".{self.output.name}.tmp")
-        try:
-            with pq.ParquetWriter(tmp, schema) as parquet:
-                for vectors, ids in zip(self._vectors(), self.ids(), strict=True):
-                    flat = pa.array(np.ascontiguousarray(vectors).reshape(-1), type=value_type)
-                    column = pa.FixedSizeListArray.from_arrays(flat, dimension)
-                    table = pa.table({"id": pa.array(ids, type=id_type), "vector": column})
-                    parquet.write_table(table.cast(schema))
-            os.replace(tmp, self.output)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with _replacing(self.output) as tmp, pq.ParquetWriter(tmp, schema) as parquet:
+            for vectors, ids in zip(self._vectors(), self.ids(), strict=True):
+                flat = pa.array(np.ascontiguousarray(vectors).reshape(-1), type=value_type)
+                column = pa.FixedSizeListArray.from_arrays(flat, dimension)
+                table = pa.table({"id": pa.array(ids, type=id_type), "vector": column})
+                parquet.write_table(table.cast(schema))

@@ -146,6 +146,42 @@ def run_cli(*args, **env) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "albert_onnx", *map(str, args)],
         capture_output=True,
         text=True,
-        env={**OFFLINE_ENV, **env},
+        env={**OFFLINE_ENV, "COLUMNS": "200", **env},  # usage errors unwrapped
         timeout=600,
     )
+
+
+def cli_peak_rss_mb(*args) -> float:
+    """Run `albert-onnx ARGS` and return that process's own peak RSS (VmHWM, which exec
+    resets; a child's ru_maxrss would include this test process's, inherited at fork)."""
+    code = (
+        "import atexit, sys\n"
+        "def report():\n"
+        "    status = open('/proc/self/status').read()\n"
+        "    sys.stderr.write('VmHWM ' + status.split('VmHWM:')[1].split()[0] + '\\n')\n"
+        "atexit.register(report)\n"
+        "from albert_onnx.cli import app\n"
+        "sys.argv = ['albert-onnx', *sys.argv[1:]]\n"
+        "app()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True, text=True, env=OFFLINE_ENV, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return int(result.stderr.rsplit("VmHWM ", 1)[1].split()[0]) / 1024
+
+
+class Interrupted(Exception):
+    """Stands in for Ctrl-C: raised from inside a run, it leaves the run's shards behind."""
+
+
+def interrupt_after_shards(output: Path, shards: int):
+    """An on_batch callback that interrupts the run once SHARDS shards are on disk."""
+    state = output.with_name(output.name + ".parts") / "state.json"
+
+    def on_batch(docs: int, tokens: int) -> None:
+        if len(json.loads(state.read_text())["shards"]) >= shards:
+            raise Interrupted
+
+    return on_batch

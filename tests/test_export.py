@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 
 import numpy as np
 import onnx
@@ -281,3 +284,34 @@ def shutil_copy_without(source, destination, *skip):
     for path in source.iterdir():
         if path.name not in skip:
             (destination / path.name).write_bytes(path.read_bytes())
+
+
+class TestOutputPlacement:
+    @pytest.mark.parametrize("where", ["the checkpoint", "inside it", "its parent"])
+    def test_an_output_overlapping_the_checkpoint_is_refused(
+        self, where, english_checkpoint, tmp_path
+    ):
+        parent = tmp_path / "parent"
+        checkpoint = shutil.copytree(english_checkpoint, parent / "ckpt")
+        output = {"the checkpoint": checkpoint, "inside it": checkpoint / "onnx"}.get(where, parent)
+        before = sorted(p.name for p in checkpoint.iterdir())
+        with pytest.raises(ExportError, match="overlaps the checkpoint being exported"):
+            export_model(str(checkpoint), output, force=True)
+        assert sorted(p.name for p in checkpoint.iterdir()) == before
+
+    def test_the_exported_directory_gets_the_usual_umask_mode(self, english_export):
+        umask = os.umask(0)
+        os.umask(umask)
+        assert stat.S_IMODE(english_export.stat().st_mode) == 0o777 & ~umask
+
+    def test_fp16_graph_pools_in_fp32(self, english_export):
+        """Mean pooling sums up to 512 token vectors: in fp16 that overflows past 65,504."""
+        model = onnx.shape_inference.infer_shapes(onnx.load(english_export / "model.fp16.onnx"))
+        graph = model.graph
+        types = {
+            v.name: v.type.tensor_type.elem_type
+            for v in [*graph.value_info, *graph.input, *graph.output]
+        }
+        sums = [n for n in graph.node if n.op_type == "ReduceSum" and "/" in n.name]
+        assert sums, "the mean pooling's ReduceSum nodes are in the graph"
+        assert {types[n.input[0]] for n in sums} == {onnx.TensorProto.FLOAT}
