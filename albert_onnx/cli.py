@@ -7,8 +7,9 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, get_args
 
 import typer
 from rich.console import Console
@@ -29,6 +30,8 @@ ModelOption = Annotated[
     Path | None, typer.Option("--model", "-m", help="Model directory (default: the shipped model).")
 ]
 ProviderOption = Annotated[Provider, typer.Option(help="Where to run: auto, cpu or cuda.")]
+# typer takes Literal choices, but not in a list option: this enum is the same choices
+Variant = Enum("Variant", {p: p for p in get_args(Precision) if p != "auto"}, type=str)
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -72,7 +75,8 @@ def export(
         bool, typer.Option(help="Keep model.onnx; --no-fp32 ships only INT8/fp16, smaller.")
     ] = True,
     pooling: Annotated[
-        str | None, typer.Option(help="mean, cls or max (default: the checkpoint's, else mean).")
+        Literal["mean", "cls", "max"] | None,
+        typer.Option(help="Default pooling (default: the checkpoint's, else mean)."),
     ] = None,
     normalize: Annotated[bool | None, typer.Option(help="Default L2 normalisation.")] = None,
     revision: Annotated[str | None, typer.Option(help="Hub revision.")] = None,
@@ -135,7 +139,7 @@ def info(model_dir: Annotated[Path, typer.Argument(help="Model directory.")]) ->
             out.print(f"working providers: CPUExecutionProvider, CUDAExecutionProvider ({cuda})")
         except ProviderError as exc:
             out.print("working providers: CPUExecutionProvider", highlight=False)
-            out.print(f"CUDA: {exc}", highlight=False)
+            out.print(f"CUDA not usable: {exc}", highlight=False)
 
 
 @app.command()
@@ -185,6 +189,7 @@ def embed(
 
     from albert_onnx.runtime.embedder import Embedder
     from albert_onnx.runtime.job import embed_corpus
+    from albert_onnx.runtime.options import check_positive
 
     columns = (
         TextColumn("{task.description}"),
@@ -196,6 +201,7 @@ def embed(
         TimeElapsedColumn(),
     )
     with reported():
+        check_positive("window_texts", window_texts)  # before the model loads
         embedder = Embedder(
             model,
             provider=provider,
@@ -233,10 +239,10 @@ def embed(
                 window_texts=window_texts,
                 on_batch=on_batch,
             )
-    stats = summary.stats
+    stats, run = summary.stats, summary.run
     resumed = summary.resumed_after_line
     out.print(
-        f"{stats.docs:,} docs, {stats.tokens:,} tokens ({stats.tokens_per_s:,.0f} tokens/s), "
+        f"{stats.docs:,} docs, {stats.tokens:,} tokens ({run.tokens_per_s:,.0f} tokens/s), "
         f"padding overhead {stats.padding_overhead:.1%}, truncated {stats.truncated:,}, "
         f"skipped {stats.skipped:,}, blank lines {stats.blank_lines:,}, "
         f"duplicate ids {stats.duplicate_ids:,}, mostly unknown tokens "
@@ -252,10 +258,8 @@ def bench(
     model: ModelOption = None,
     provider: ProviderOption = "auto",
     precision: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Variant(s) to time, fp32, int8 or fp16 (default: the two meant for the provider)."
-        ),
+        list[Variant] | None,
+        typer.Option(help="Variant(s) to time (default: the two meant for the provider)."),
     ] = None,
     corpus: Annotated[
         Path | None, typer.Option(help="JSONL corpus to time on (default: built-in texts).")
@@ -270,7 +274,7 @@ def bench(
     from albert_onnx.runtime.reader import JsonlReader, Record
 
     with reported():
-        check_positive("--texts", texts)
+        check_positive("texts", texts)
         if corpus is None:
             sample = sample_texts(texts)
         else:
@@ -280,7 +284,8 @@ def bench(
                 raise CorpusError(f"{corpus}: no texts to time")
         table = Table("provider", "variant", "batching", "tokens/s", "docs/s", "padding",
                       "start s")  # fmt: skip
-        for row in run_bench(model, sample, provider, precision):
+        chosen = [p.value for p in precision] if precision else None
+        for row in run_bench(model, sample, provider, chosen):
             s = row.stats
             table.add_row(row.provider, row.precision, row.batching, f"{s.tokens_per_s:,.0f}",
                           f"{s.docs_per_s:,.1f}", f"{s.padding_overhead:.1%}",

@@ -69,8 +69,16 @@ def _fetch_from_hub(model_id: str, revision: str | None) -> tuple[Path, str]:
     from huggingface_hub import snapshot_download
 
     try:
+        import httpx
+
+        network: tuple[type[Exception], ...] = (httpx.HTTPError,)
+    except ImportError:
+        network = ()
+    try:
         local = Path(snapshot_download(model_id, revision=revision, allow_patterns=HUB_PATTERNS))
-    except Exception as exc:  # the hub raises many types: offline, 404, auth, network
+    # the hub's own errors are OSErrors (offline, 404, auth) or ValueErrors (a malformed
+    # id); a transport failure can surface as httpx's own error
+    except (OSError, ValueError, *network) as exc:
         raise ExportError(
             f"could not fetch '{model_id}' from the Hugging Face Hub "
             f"({type(exc).__name__}); you may be offline: pass a local checkpoint directory"

@@ -106,15 +106,24 @@ class Embedder:
             raise OptionError(f"device_id must be a GPU index (0, 1, ...), not {device_id!r}")
         if device_id is not None and provider == "cpu":
             raise OptionError("device_id chooses a GPU; it has no meaning with provider='cpu'")
+        if device_id is not None and provider == "auto":
+            provider = "cuda"  # a GPU was named: running on the CPU instead would be silent
+        if normalize is not None and not isinstance(normalize, bool):
+            raise OptionError(f"normalize must be True, False or None, not {normalize!r}")
+        threads = self._threads(threads)
         model_dir = ModelDir.open(model)
         manifest = model_dir.manifest
-        opened = open_session(
-            model_dir, provider, precision, self._threads(threads), device_id or 0
-        )
+        opened = open_session(model_dir, provider, precision, threads, device_id or 0)
         self.model_dir = model_dir.directory
         self.provider = opened.placement.provider
         self.precision = opened.placement.precision
         self.cuda_unavailable = opened.cuda_unavailable
+        if self.cuda_unavailable:
+            warnings.warn(
+                f"CUDA is installed but did not start, running on the CPU: {self.cuda_unavailable}",
+                AlbertOnnxWarning,
+                stacklevel=2,
+            )
         self.fingerprint = model_dir.fingerprint(self.precision)
         self.pooling: Pooling = pooling or manifest.pooling  # type: ignore[assignment]
         self.normalize = manifest.normalize if normalize is None else normalize
@@ -123,6 +132,7 @@ class Embedder:
         self.max_batch_tokens = max_batch_tokens or default_batch_tokens(
             self.provider, manifest.architecture
         )
+        self._budget = self.max_batch_tokens  # lowered for this Embedder after out-of-memory
         self.chunked = long_texts == "chunk"
         self._graph_pooling = manifest.pooling
         self._tokenizer = TextTokenizer(
@@ -160,8 +170,9 @@ class Embedder:
         bucketing: bool = True,
         normalize: bool | None = None,
     ) -> tuple[np.ndarray | list[np.ndarray], Stats]:
-        """Pooled vectors, or token vectors with pooling='none', for tokenized DOCS."""
-        if self.pooling == "none":
+        """Pooled vectors, or token vectors with pooling='none', for tokenized DOCS: the one
+        place that tells the two apart."""
+        if self.gives_token_vectors:
             return self.token_vectors(docs, on_batch, bucketing)
         return self.pooled(docs, on_batch, bucketing, normalize)
 
@@ -172,9 +183,10 @@ class Embedder:
         bucketing: bool = True,
         normalize: bool | None = None,
     ) -> tuple[np.ndarray, Stats]:
-        """One float32 vector per doc, in DOCS' order, and what it took (with pooling='none',
-        the model's own pooling)."""
-        mode = self._graph_pooling if self.pooling == "none" else self.pooling
+        """One float32 vector per doc, in DOCS' order, and what it took."""
+        if self.pooling == "none":
+            raise OptionError("this Embedder gives token vectors (pooling='none'), not pooled ones")
+        mode = self.pooling
         in_graph = mode == self._graph_pooling
         windows_ = [w for doc in docs for w in doc]
         vectors = np.empty((len(windows_), self.dimension), dtype=np.float32)
@@ -223,7 +235,7 @@ class Embedder:
         stats: Stats,
         on_batch: OnBatch | None,
     ) -> Iterator[tuple[Batch, np.ndarray]]:
-        for batch in make_batches(windows_, self.max_batch_tokens, sort=bucketing):
+        for batch in make_batches(windows_, self._budget, sort=bucketing):
             for part, result in self._run(batch, output):
                 stats.tokens += part.real_tokens
                 stats.padded_tokens += part.padded_tokens
@@ -238,14 +250,14 @@ class Embedder:
         except OutOfMemoryError:
             if len(batch.rows) == 1:
                 raise
-            budget = max(1, min(self.max_batch_tokens, batch.padded_tokens) // 2)
+            budget = max(1, min(self._budget, batch.padded_tokens) // 2)
             warnings.warn(
                 f"out of memory on a batch of {batch.padded_tokens:,} padded tokens; "
-                f"retrying in halves, and max_batch_tokens is now {budget:,}",
+                f"retrying in halves, and batches now hold at most {budget:,}",
                 AlbertOnnxWarning,
                 stacklevel=2,
             )
-            self.max_batch_tokens = budget
+            self._budget = budget
             for half in batch.halves():
                 yield from self._run(half, output)
             return
@@ -276,6 +288,18 @@ class Embedder:
         Texts are checked as they are windowed: a text that is not a string, or holds a lone
         surrogate, raises an error naming its index in TEXTS.
         """
+        return self._windows_of(
+            texts, lambda docs, cb: self.embed_docs(docs, cb, normalize=normalize), on_batch,
+            window_texts,
+        )  # fmt: skip
+
+    def _windows_of(
+        self,
+        texts: Iterable[str],
+        embed_window: Callable[[list[Doc], OnBatch | None], tuple[Any, Stats]],
+        on_batch: OnBatch | None = None,
+        window_texts: int = WINDOW_TEXTS,
+    ) -> Iterator[tuple[Any, Stats]]:
         check_positive("window_texts", window_texts)
         seen = 0
 
@@ -286,23 +310,45 @@ class Embedder:
             return self.tokenize(window)
 
         for _, docs in prepared(windows(texts, window_texts), tokenize):
-            yield self.embed_docs(docs, on_batch, normalize=normalize)
+            yield embed_window(docs, on_batch)
 
-    def embed(
-        self, texts: Sequence[str], normalize: bool | None = None, show_progress_bar: bool = False
+    def _collect(
+        self,
+        texts: Iterable[str],
+        embed_window: Callable[[list[Doc], OnBatch | None], tuple[Any, Stats]],
+        show_progress_bar: bool,
+        token_vectors: bool,
     ) -> np.ndarray | list[np.ndarray]:
-        """Vectors for TEXTS in input order: float32 (n, hidden), or token vectors."""
+        """Every window's vectors in input order, with a progress bar if asked."""
         if isinstance(texts, str):
-            raise OptionError("embed() takes a list of texts; wrap a single text in a list")
+            raise OptionError("pass a list of texts; wrap a single text in a list")
+        if not isinstance(texts, Sequence):
+            texts = list(texts)  # an iterator: its length is needed for the progress bar
         total, parts = Stats(), []
         with _progress(show_progress_bar, len(texts)) as advance:
-            for vectors, stats in self.stream(texts, advance, normalize):
+            for vectors, stats in self._windows_of(texts, embed_window, advance):
                 parts.append(vectors)
                 total.add(stats)
-        coverage_warning(total, stacklevel=3)
-        if self.pooling == "none":
+        coverage_warning(total, stacklevel=4)
+        if token_vectors:
             return [row for part in parts for row in part]
         return np.concatenate(parts) if parts else np.zeros((0, self.dimension), np.float32)
+
+    @property
+    def gives_token_vectors(self) -> bool:
+        """pooling='none': each text gives a (tokens, hidden) array, not one vector."""
+        return self.pooling == "none"
+
+    def embed(
+        self, texts: Iterable[str], normalize: bool | None = None, show_progress_bar: bool = False
+    ) -> np.ndarray | list[np.ndarray]:
+        """Vectors for TEXTS in input order: float32 (n, hidden), or token vectors."""
+        return self._collect(
+            texts,
+            lambda docs, cb: self.embed_docs(docs, cb, normalize=normalize),
+            show_progress_bar,
+            self.gives_token_vectors,
+        )
 
     def encode(
         self,
@@ -354,9 +400,9 @@ class Embedder:
         if output_value == "token_embeddings":
             if self.chunked:
                 raise OptionError("token embeddings need whole texts; use long_texts='truncate'")
-            check_texts(texts)
-            vectors, stats = self.token_vectors(self.tokenize(texts))
-            coverage_warning(stats, stacklevel=3)
+            vectors = self._collect(
+                texts, lambda docs, cb: self.token_vectors(docs, cb), show_progress_bar, True
+            )
             return vectors[0] if single else vectors
         embedded = self.embed(
             texts, normalize=normalize_embeddings, show_progress_bar=show_progress_bar

@@ -16,7 +16,13 @@ from pathlib import Path
 
 from albert_onnx.errors import CorpusError
 from albert_onnx.runtime.embedder import Embedder, OnBatch, coverage_warning
-from albert_onnx.runtime.options import Dtype, OnError, check_choice, check_positive
+from albert_onnx.runtime.options import (
+    Dtype,
+    OnError,
+    check_choice,
+    check_field,
+    check_positive,
+)
 from albert_onnx.runtime.reader import BadLine, Blank, Item, JsonlReader, Position, Record
 from albert_onnx.runtime.stats import Stats, count_duplicates
 from albert_onnx.runtime.windows import WINDOW_TEXTS, prepared, windows
@@ -25,7 +31,8 @@ from albert_onnx.runtime.writer import ShardWriter
 
 @dataclass(frozen=True)
 class Summary:
-    stats: Stats  # the whole corpus's counts, resumed runs included; seconds: this run's
+    stats: Stats  # the whole corpus's counts, the interrupted runs' included
+    run: Stats  # this run's own share, and its seconds: what its rates are made of
     resumed_after_line: int
     outputs: list[str]
 
@@ -49,6 +56,9 @@ def embed_corpus(
     check_choice("on_error", on_error, OnError)
     check_choice("dtype", dtype, Dtype)
     check_positive("window_texts", window_texts)
+    check_field("text_field", text_field)
+    if id_field is not None:
+        check_field("id_field", id_field)
     corpus = Path(corpus)
     if not corpus.is_file():
         raise CorpusError(f"{corpus}: no such file")
@@ -70,13 +80,14 @@ def embed_corpus(
         Path(output),
         settings,
         dtype=dtype,
-        ragged=embedder.pooling == "none",
+        ragged=embedder.gives_token_vectors,
         resume=resume,
         force=force,
         protect={"the corpus": corpus, "the model directory": embedder.model_dir},
     ) as writer:
         done = writer.progress
         stats = Stats.from_dict(done["stats"]) if done else Stats()
+        before = Stats.from_dict(stats.to_dict())
         reader = JsonlReader(
             corpus, text_field, id_field, on_error, Position(**done["position"]) if done else None
         )
@@ -104,5 +115,7 @@ def embed_corpus(
             embedder.dimension, reader.id_kind or "str", keep_errors=on_error == "skip"
         )
     stats.seconds = time.perf_counter() - start
+    run = Stats(**{k: v - getattr(before, k) for k, v in stats.to_dict().items()})
+    run.seconds = stats.seconds
     coverage_warning(stats)
-    return Summary(stats, reader.start.lines, [str(p) for p in outputs])
+    return Summary(stats, run, reader.start.lines, [str(p) for p in outputs])

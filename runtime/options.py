@@ -26,6 +26,13 @@ def check_choice(name: str, value: Any, allowed: Any) -> Any:
     return value
 
 
+def check_field(name: str, value: Any) -> str:
+    """VALUE as the name of a record's field: a non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise OptionError(f"{name} must be a field name, not {value!r}")
+    return value
+
+
 def check_positive(name: str, value: Any) -> int:
     """VALUE as an int >= 1, else an OptionError (0 never silently means 'the default')."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -28,6 +28,7 @@ from albert_onnx.runtime.tokenizer import lone_surrogate
 
 BOM = b"\xef\xbb\xbf"
 INT64 = (-(2**63), 2**63 - 1)
+MAX_ID_CHARS = 1024  # an id is a key, not a document: and .npz stores ids at the longest's width
 IdKind = Literal["int", "str"]
 KIND_NAMES = {"int": ("an integer", "integers"), "str": ("a string", "strings")}
 
@@ -101,19 +102,27 @@ class JsonlReader:
                 yield item
 
     def _skip_verified_prefix(self, f) -> None:
-        """Hash the first START.bytes bytes and refuse to go on if they changed."""
-        remaining = self.start.bytes
+        """Hash the first START.bytes bytes and refuse to go on if they changed, or if the
+        last line then read had no line end and has since been written on."""
+        remaining, last = self.start.bytes, b"\n"
         while remaining:
             block = f.read(min(remaining, 1 << 20))
             if not block:
                 break
             self._digest.update(block)
             remaining -= len(block)
+            last = block[-1:]
         if remaining or self._digest.hexdigest() != self.start.sha256:
             raise CorpusError(
                 f"{self.path}: changed since the interrupted run: its first "
                 f"{self.start.bytes:,} bytes (lines 1-{self.start.lines:,}) are not the ones "
                 "embedded then; use --force to start over"
+            )
+        if last != b"\n" and f.read(1):
+            raise CorpusError(
+                f"{self.path}: changed since the interrupted run: line {self.start.lines:,} "
+                "had no line end when it was embedded and more was written after it; use "
+                "--force to start over"
             )
 
     def _parse(self, raw: bytes) -> Item:
@@ -128,6 +137,8 @@ class JsonlReader:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             return BadLine(number, f"invalid JSON ({exc.msg} at column {exc.colno})")
+        except (ValueError, RecursionError) as exc:  # 4,300+ digit numbers, deep nesting
+            return BadLine(number, f"JSON this reader will not parse ({type(exc).__name__})")
         if not isinstance(value, dict):
             return BadLine(number, f"expected a JSON object, got {type(value).__name__}")
         if text_field not in value:
@@ -154,8 +165,16 @@ class JsonlReader:
             return f"field '{field}' is {type(identifier).__name__}, not a string or integer"
         if isinstance(identifier, int) and not INT64[0] <= identifier <= INT64[1]:
             return f"field '{field}' is {identifier}, outside the signed 64-bit integer range"
-        if isinstance(identifier, str) and lone_surrogate(identifier) is not None:
-            return f"field '{field}' has a lone surrogate"
+        if isinstance(identifier, str):
+            if lone_surrogate(identifier) is not None:
+                return f"field '{field}' has a lone surrogate"
+            if "\x00" in identifier:  # fixed-width unicode arrays (.npz) drop trailing NULs
+                return f"field '{field}' contains a NUL character"
+            if len(identifier) > MAX_ID_CHARS:
+                return (
+                    f"field '{field}' is {len(identifier):,} characters long "
+                    f"(at most {MAX_ID_CHARS:,})"
+                )
         kind: IdKind = "int" if isinstance(identifier, int) else "str"
         if self.id_kind is None:
             self.id_kind = kind

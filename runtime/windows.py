@@ -41,8 +41,9 @@ def windows(
         yield window
 
 
-def ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
-    """Yield ITEMS as produced by a worker thread at most DEPTH items in advance.
+def ahead(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+    """Yield ITEMS as produced by a worker thread: DEPTH finished items wait in the queue
+    while it produces the next, so it runs at most DEPTH + 1 items ahead of the consumer.
 
     An exception in the worker is re-raised in the consumer; when the consumer stops early
     (an error, a break) the worker stops too instead of blocking forever on a full queue.

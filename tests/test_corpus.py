@@ -21,7 +21,7 @@ from conftest import OFFLINE_ENV, real_texts, run_cli, write_jsonl
 
 @pytest.fixture(scope="module")
 def embedder(english_export) -> Embedder:
-    return Embedder(english_export, precision="fp32")
+    return Embedder(english_export, provider="cpu", precision="fp32")
 
 
 BAD_LINES = [
@@ -126,7 +126,7 @@ class TestOutputFormats:
         assert np.abs(np.array([r["vector"] for r in rows]) - expected).max() < 1e-5
 
     def test_token_vectors_in_npz_with_offsets(self, english_export, corpus, tmp_path):
-        tokens = Embedder(english_export, precision="fp32", pooling="none")
+        tokens = Embedder(english_export, provider="cpu", precision="fp32", pooling="none")
         embed_corpus(tokens, corpus, tmp_path / "t.npz", window_texts=8)
         saved = np.load(tmp_path / "t.npz")
         offsets = saved["offsets"]
@@ -179,6 +179,8 @@ def test_sigkill_then_resume_gives_identical_bytes(english_export, tmp_path):
         "--no-progress",
         "--precision",
         "fp32",
+        "--provider",
+        "cpu",
         "--threads",
         "1",
     ]

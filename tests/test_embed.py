@@ -77,10 +77,12 @@ def test_vectors_do_not_depend_on_bucketing_or_budget(english_export, texts):
     rng = np.random.default_rng(0)
     shuffled = [texts[i] for i in rng.permutation(len(texts))]
     runs = [
-        Embedder(english_export, precision="fp32", max_batch_tokens=budget).embed(shuffled)
+        Embedder(english_export, provider="cpu", precision="fp32", max_batch_tokens=budget).embed(
+            shuffled
+        )
         for budget in (64, 1000, 100_000)
     ]
-    unsorted = Embedder(english_export, precision="fp32")
+    unsorted = Embedder(english_export, provider="cpu", precision="fp32")
     tokenized = unsorted.tokenize(shuffled)
     runs.append(unsorted.pooled(tokenized, bucketing=False)[0])
     one_by_one = np.concatenate([unsorted.embed([t]) for t in shuffled[:20]])
@@ -110,17 +112,19 @@ def test_bucketer_respects_the_budget_and_multiple_of_eight(english_export, text
 def test_pooling_modes_and_normalisation(english_checkpoint, english_export, texts):
     sample = texts[:12]
     for mode in ("cls", "max"):
-        vectors = Embedder(english_export, precision="fp32", pooling=mode).embed(sample)
+        vectors = Embedder(english_export, provider="cpu", precision="fp32", pooling=mode).embed(
+            sample
+        )
         expected = pytorch_vectors(english_checkpoint, english_export, sample, mode)
         assert cosine_rows(vectors, expected).min() >= 0.9999
-    normalized = Embedder(english_export, normalize=True).embed(sample)
+    normalized = Embedder(english_export, provider="cpu", normalize=True).embed(sample)
     assert np.allclose(np.linalg.norm(normalized, axis=1), 1.0, atol=1e-5)
-    tokens = Embedder(english_export, pooling="none").embed(sample[:3])
+    tokens = Embedder(english_export, provider="cpu", pooling="none").embed(sample[:3])
     assert [t.shape[1] for t in tokens] == [64] * 3 and len({t.shape[0] for t in tokens}) > 1
 
 
 def test_sentence_transformers_style_encode(english_export):
-    embedder = Embedder(english_export)
+    embedder = Embedder(english_export, provider="cpu")
     one = embedder.encode("a single sentence", normalize_embeddings=True)
     many = embedder.encode(["a single sentence", "and another"], batch_size=2)
     assert one.shape == (64,) and many.shape == (2, 64)
@@ -129,8 +133,8 @@ def test_sentence_transformers_style_encode(english_export):
 
 def test_long_texts_chunk_mode_averages_overlapping_windows(english_export):
     long_text = " ".join(real_texts()[::2][:12])  # well past 512 tokens
-    truncating = Embedder(english_export, precision="fp32")
-    chunking = Embedder(english_export, precision="fp32", long_texts="chunk")
+    truncating = Embedder(english_export, provider="cpu", precision="fp32")
+    chunking = Embedder(english_export, provider="cpu", precision="fp32", long_texts="chunk")
     windows = chunking.tokenize([long_text])[0]
     assert len(windows) > 1 and all(len(w) <= 512 for w in windows)
     per_window, _ = chunking.pooled([[w] for w in windows])
@@ -155,15 +159,15 @@ class TestManifestIsCheckedFirst:
         manifest = json.loads((copy / "albert_onnx.json").read_text())
         (copy / "albert_onnx.json").write_text(json.dumps({**manifest, "format_version": 99}))
         with pytest.raises(ManifestError, match="format_version 99 is not supported"):
-            Embedder(copy)
+            Embedder(copy, provider="cpu")
 
     def test_missing_variant(self, copy):
         manifest = json.loads((copy / "albert_onnx.json").read_text())
         del manifest["variants"]["int8"]
         (copy / "albert_onnx.json").write_text(json.dumps(manifest))
         with pytest.raises(ManifestError, match="no int8 variant"):
-            Embedder(copy, precision="int8")
-        assert Embedder(copy).precision == "fp32"  # auto falls back
+            Embedder(copy, provider="cpu", precision="int8")
+        assert Embedder(copy, provider="cpu").precision == "fp32"  # auto falls back
 
     def test_changed_file(self, copy, tmp_path):
         with open(copy / "model.int8.onnx", "r+b") as f:

@@ -32,7 +32,7 @@ from conftest import cli_peak_rss_mb, real_texts, run_cli, sts_sentences, write_
 
 @pytest.fixture(scope="module")
 def embedder(english_export) -> Embedder:
-    return Embedder(english_export, precision="fp32")
+    return Embedder(english_export, provider="cpu", precision="fp32")
 
 
 def write_lines(path, *lines: str):
@@ -143,18 +143,20 @@ def test_8_a_50_mb_line_costs_bounded_memory(english_export, tmp_path):
         f.write(json.dumps({"text": "word " * 10_000_000}) + "\n")
         f.write(json.dumps({"text": "a short one"}) + "\n")
     small = write_jsonl(tmp_path / "small.jsonl", ["word", "a short one"])
-    args = ["--model", english_export, "--precision", "fp32", "--no-progress"]
+    args = ["--model", english_export, "--precision", "fp32", "--provider", "cpu", "--no-progress"]
     base = cli_peak_rss_mb("embed", small, "-o", tmp_path / "small.npy", *args)
     peak = cli_peak_rss_mb("embed", corpus, "-o", tmp_path / "v.npy", *args)
     # reading and parsing the line holds it a few times over (bytes, str); tokenizing it
     # whole would add gigabytes
     assert peak - base < 4 * 50, (base, peak)
-    expected = Embedder(english_export, precision="fp32").embed(["word " * 600, "a short one"])
+    expected = Embedder(english_export, provider="cpu", precision="fp32").embed(
+        ["word " * 600, "a short one"]
+    )
     assert np.abs(np.load(tmp_path / "v.npy") - expected).max() < 1e-5
 
 
-def test_8_chunked_long_texts_stream_their_windows(english_export):
-    chunking = Embedder(english_export, precision="fp32", long_texts="chunk")
+def test_8_a_chunked_long_text_becomes_windows_of_at_most_max_length(english_export):
+    chunking = Embedder(english_export, provider="cpu", precision="fp32", long_texts="chunk")
     long_text = " ".join(real_texts()[::2][:40])
     (windows,) = chunking.tokenize([long_text])
     assert len(windows) > 5 and all(len(w) <= 512 for w in windows)
@@ -166,11 +168,11 @@ def test_8_long_texts_chunk_through_the_cli(english_export, tmp_path):
     corpus = write_jsonl(tmp_path / "c.jsonl", [long_text, "short"])
     result = run_cli(
         "embed", corpus, "-o", tmp_path / "v.npy", "--model", english_export,
-        "--long-texts", "chunk", "--precision", "fp32", "--no-progress",
+        "--long-texts", "chunk", "--precision", "fp32", "--provider", "cpu", "--no-progress",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "truncated 0" in result.stdout
-    chunking = Embedder(english_export, precision="fp32", long_texts="chunk")
+    chunking = Embedder(english_export, provider="cpu", precision="fp32", long_texts="chunk")
     assert np.abs(np.load(tmp_path / "v.npy") - chunking.embed([long_text, "short"])).max() < 1e-5
 
 
@@ -243,7 +245,7 @@ def test_10_the_cli_refuses_the_same_options(english_export, tmp_path, args, mes
 
 def test_11_texts_of_unknown_tokens_are_counted_and_warned_about(english_export, tmp_path):
     texts = ["😀🎉", "🚀", "这是中文文本", "an English sentence", "emoji inside 😀 is fine"]
-    embedder = Embedder(english_export)
+    embedder = Embedder(english_export, provider="cpu")
     with pytest.warns(AlbertOnnxWarning, match=r"3 of 5 texts are mostly unknown tokens"):
         vectors = embedder.embed(texts)
     assert np.allclose(vectors[0], vectors[1])  # why it matters: they are all one vector
@@ -319,9 +321,9 @@ class TestEncode:
 
     def test_token_embeddings(self, embedder):
         tokens = embedder.encode(["short", "a longer text here"], output_value="token_embeddings")
-        expected = Embedder(embedder.model_dir, precision="fp32", pooling="none").embed(
-            ["short", "a longer text here"]
-        )
+        expected = Embedder(
+            embedder.model_dir, provider="cpu", precision="fp32", pooling="none"
+        ).embed(["short", "a longer text here"])
         assert [t.shape for t in tokens] == [e.shape for e in expected]
         assert all(np.abs(t - e).max() < 1e-5 for t, e in zip(tokens, expected, strict=True))
 
@@ -367,3 +369,49 @@ def test_word_vectors_of_a_model_without_them_is_a_clear_error(english_export, t
     (model / "albert_onnx.json").write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match="the manifest lists no word embeddings"):
         WordVectors(model)
+
+
+def test_embed_takes_any_iterable_of_texts(embedder):
+    assert np.array_equal(embedder.embed(iter(["a", "b"])), embedder.embed(["a", "b"]))
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"text": ' + "[" * 100_000 + "]" * 100_000 + "}", "JSON this reader will not parse"),
+        ('{"text": "x", "n": ' + "9" * 5_000 + "}", "JSON this reader will not parse"),
+    ],
+)
+def test_6_json_the_parser_refuses_is_a_bad_line_too(embedder, tmp_path, line, reason):
+    corpus = write_lines(tmp_path / "c.jsonl", '{"text": "fine"}', line)
+    with pytest.raises(CorpusError, match=rf"c.jsonl:2: {reason}"):
+        embed_corpus(embedder, corpus, tmp_path / "v.npy")
+    summary = embed_corpus(embedder, corpus, tmp_path / "v.npy", on_error="skip", force=True)
+    assert summary.stats.docs == 1 and summary.stats.skipped == 1
+
+
+@pytest.mark.parametrize(
+    ("identifier", "reason"),
+    [
+        ("a\x00", "field 'id' contains a NUL character"),
+        ("x" * 1025, "field 'id' is 1,025 characters long \\(at most 1,024\\)"),
+    ],
+)
+def test_7_ids_no_format_could_keep_exactly_are_bad_lines(embedder, tmp_path, identifier, reason):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"id": identifier, "text": "t"}) + "\n")
+    with pytest.raises(CorpusError, match=rf"c.jsonl:1: {reason}"):
+        embed_corpus(embedder, corpus, tmp_path / "v.npz", id_field="id")
+
+
+@pytest.mark.parametrize(("text_field", "id_field"), [("", None), (None, None), ("text", 5)])
+def test_10_field_names_are_checked(embedder, tmp_path, text_field, id_field):
+    corpus = write_jsonl(tmp_path / "c.jsonl", ["text"])
+    with pytest.raises(OptionError, match="must be a field name"):
+        embed_corpus(embedder, corpus, tmp_path / "v.npy", text_field=text_field, id_field=id_field)
+
+
+def test_a_pooling_embedder_refuses_nothing_but_a_token_one_refuses_pooled(english_export):
+    tokens = Embedder(english_export, provider="cpu", pooling="none")
+    with pytest.raises(OptionError, match="gives token vectors"):
+        tokens.pooled(tokens.tokenize(["text"]))

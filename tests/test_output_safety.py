@@ -27,7 +27,7 @@ from conftest import OFFLINE_ENV, real_texts, run_cli, write_jsonl
 
 @pytest.fixture(scope="module")
 def embedder(english_export) -> Embedder:
-    return Embedder(english_export, precision="fp32")
+    return Embedder(english_export, provider="cpu", precision="fp32")
 
 
 # -- 1. an output that is an input ------------------------------------------------------
@@ -68,7 +68,7 @@ def test_1_an_output_inside_the_model_directory_is_refused(english_export, tmp_p
     corpus = write_jsonl(tmp_path / "c.jsonl", ["text"])
     before = {p.name: p.read_bytes() for p in model.iterdir()}
     with pytest.raises(OutputError, match="would overwrite the model directory"):
-        embed_corpus(Embedder(model), corpus, model / "vectors.npy", force=True)
+        embed_corpus(Embedder(model, provider="cpu"), corpus, model / "vectors.npy", force=True)
     assert {p.name: p.read_bytes() for p in model.iterdir()} == before
 
 
@@ -120,14 +120,14 @@ def test_2_a_forced_second_run_cannot_corrupt_a_running_one(english_export, tmp_
     """Run A writes v.npy; run B with --force on the same output fails at once, and A
     finishes with a correct file (this used to end in a file of 470 rows under a 2,000-row
     header, with ids from two corpora)."""
-    texts_a = (real_texts() * 3)[:600]
+    texts_a = (real_texts() * 13)[:3000]  # long enough to be running while B tries
     corpus_a = write_jsonl(tmp_path / "a.jsonl", texts_a, id_prefix="a")
     corpus_b = write_jsonl(tmp_path / "b.jsonl", real_texts()[:50], id_prefix="b")
     output = tmp_path / "v.npy"
     common = ["--model", english_export, "--id-field", "doc_id", "--window-texts", "25"]
     run_a = subprocess.Popen(
         [sys.executable, "-m", "albert_onnx", "embed", corpus_a, "-o", output, *common,
-         "--threads", "1", "--no-progress", "--precision", "fp32"],
+         "--threads", "1", "--no-progress", "--precision", "fp32", "--provider", "cpu"],
         env=OFFLINE_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     state = tmp_path / "v.npy.parts" / "state.json"
@@ -137,13 +137,14 @@ def test_2_a_forced_second_run_cannot_corrupt_a_running_one(english_export, tmp_
     ):
         time.sleep(0.02)
     run_b = run_cli("embed", corpus_b, "-o", output, *common, "--force", "--no-progress")
+    assert run_a.poll() is None, "A finished before B tried: the test proves nothing"
     _, err_a = run_a.communicate(timeout=600)
     assert run_b.returncode == 1 and f"process {run_a.pid}" in run_b.stderr, run_b.stderr
     assert run_a.returncode == 0, err_a
     vectors = np.load(output)
     ids = [json.loads(line) for line in (tmp_path / "v.npy.ids.jsonl").read_text().splitlines()]
-    assert vectors.shape == (600, 64) and ids == [f"a{i}" for i in range(600)]
-    expected = Embedder(english_export, precision="fp32").embed(texts_a[:30])
+    assert vectors.shape == (3000, 64) and ids == [f"a{i}" for i in range(3000)]
+    expected = Embedder(english_export, provider="cpu", precision="fp32").embed(texts_a[:30])
     assert np.abs(vectors[:30] - expected).max() < 1e-5
 
 
@@ -157,7 +158,7 @@ def test_9_an_output_where_nothing_can_be_written_is_one_line(english_export, tm
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     _, error = result.stderr.strip().splitlines()
-    assert error.startswith("error: /proc/x.npy"), result.stderr
+    assert error.startswith("error: /proc/x.npy: cannot write there"), result.stderr
 
 
 def limit_file_size(limit: int):
@@ -171,7 +172,8 @@ def test_9_a_full_disk_is_one_line_leaves_no_temporary_file_and_can_be_resumed(
     ENOSPC): the shards fit, the 51 kB final file does not."""
     corpus = write_jsonl(tmp_path / "c.jsonl", real_texts()[:200])
     args = ["embed", corpus, "-o", tmp_path / "v.npy", "--model", english_export,
-            "--window-texts", "25", "--no-progress", "--precision", "fp32"]  # fmt: skip
+            "--window-texts", "25", "--no-progress", "--precision", "fp32",
+            "--provider", "cpu"]  # fmt: skip
     full = subprocess.run(
         [sys.executable, "-m", "albert_onnx", *map(str, args)],
         env=OFFLINE_ENV, capture_output=True, text=True, preexec_fn=limit_file_size(20_000),
@@ -182,7 +184,7 @@ def test_9_a_full_disk_is_one_line_leaves_no_temporary_file_and_can_be_resumed(
     assert leftovers == [] and not (tmp_path / "v.npy").exists()
     resumed = run_cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    reference = Embedder(english_export, precision="fp32").embed(real_texts()[:200])
+    reference = Embedder(english_export, provider="cpu", precision="fp32").embed(real_texts()[:200])
     assert np.abs(np.load(tmp_path / "v.npy") - reference).max() < 1e-5
 
 
@@ -198,7 +200,7 @@ def test_9_a_manifest_that_is_not_an_object_is_one_line(english_export, tmp_path
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--texts", "0"], "--texts must be a whole number of at least 1, not 0"),
+        (["--texts", "0"], "texts must be a whole number of at least 1, not 0"),
         (["--corpus", "EMPTY"], "no texts to time"),
     ],
 )

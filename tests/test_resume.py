@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from albert_onnx import Embedder
-from albert_onnx.errors import CorpusError, OutputError
+from albert_onnx.errors import CorpusError, OptionError, OutputError
 from albert_onnx.export.exporter import export_model
 from albert_onnx.runtime.job import embed_corpus
 from albert_onnx.runtime.writer import ShardWriter
@@ -33,7 +33,7 @@ FORMATS = (".npy", ".npz", ".parquet", ".jsonl")
 
 @pytest.fixture(scope="module")
 def embedder(english_export) -> Embedder:
-    return Embedder(english_export, precision="fp32")
+    return Embedder(english_export, provider="cpu", precision="fp32")
 
 
 def interrupted(embedder, corpus, output, shards: int = 1, **options) -> None:
@@ -69,7 +69,7 @@ def test_resume_gives_the_bytes_of_an_uninterrupted_run(embedder, tmp_path, fmt)
 
 @pytest.mark.parametrize("fmt", [".npz", ".jsonl"])
 def test_resume_with_token_vectors(english_export, tmp_path, fmt):
-    tokens = Embedder(english_export, precision="fp32", pooling="none")
+    tokens = Embedder(english_export, provider="cpu", precision="fp32", pooling="none")
     corpus = write_jsonl(tmp_path / "c.jsonl", real_texts()[:40])
     embed_corpus(tokens, corpus, tmp_path / f"full{fmt}", window_texts=10)
     interrupted(tokens, corpus, tmp_path / f"cut{fmt}", shards=2, window_texts=10)
@@ -120,10 +120,18 @@ def test_4_resume_refuses_a_model_re_exported_into_the_same_directory(tmp_path):
     model = tmp_path / "model"
     export_model(str(first), model)
     corpus = write_jsonl(tmp_path / "c.jsonl", real_texts()[:30])
-    interrupted(Embedder(model), corpus, tmp_path / "v.npy", shards=1, window_texts=10)
+    interrupted(
+        Embedder(model, provider="cpu"), corpus, tmp_path / "v.npy", shards=1, window_texts=10
+    )
     export_model(str(second), model, force=True)
     with pytest.raises(OutputError, match="cannot resume, graph_sha256 changed"):
-        embed_corpus(Embedder(model), corpus, tmp_path / "v.npy", window_texts=10, resume=True)
+        embed_corpus(
+            Embedder(model, provider="cpu"),
+            corpus,
+            tmp_path / "v.npy",
+            window_texts=10,
+            resume=True,
+        )
 
 
 # -- 5. windows and outputs with zero records ------------------------------------------------
@@ -220,7 +228,7 @@ def test_9_resume_on_a_finished_output_says_it_is_complete(english_export, tmp_p
     assert (tmp_path / "v.npy").read_bytes() == before
 
 
-def test_9_resume_refuses_changed_counts_of_an_unrelated_kind(embedder, tmp_path):
+def test_9_resume_names_every_setting_that_changed(embedder, tmp_path):
     """The settings that shape the output are compared one by one and named."""
     corpus = write_jsonl(tmp_path / "c.jsonl", real_texts()[:30])
     interrupted(embedder, corpus, tmp_path / "v.npy", shards=1, window_texts=10)
@@ -228,3 +236,50 @@ def test_9_resume_refuses_changed_counts_of_an_unrelated_kind(embedder, tmp_path
         embed_corpus(
             embedder, corpus, tmp_path / "v.npy", window_texts=5, dtype="float16", resume=True
         )
+
+
+def test_3_a_last_line_without_its_end_that_grew_is_refused(embedder, tmp_path, monkeypatch):
+    """The interrupted run read `{"text": "hel` as its last, unfinished line (a bad line,
+    skipped); a writer then completed it. The bytes hashed are unchanged, but the missing
+    line end shows that the line read then is not the line there now."""
+    corpus = tmp_path / "c.jsonl"
+    complete = "".join(json.dumps({"text": f"line {i}"}) + "\n" for i in range(10))
+    corpus.write_text(complete + '{"text": "hel')
+    options = {"window_texts": 5, "on_error": "skip"}
+    with monkeypatch.context() as patched:
+        patched.setattr(ShardWriter, "finish", stop_here)
+        with pytest.raises(Interrupted):
+            embed_corpus(embedder, corpus, tmp_path / "v.npy", **options)
+    with open(corpus, "a") as f:
+        f.write('lo"}\n')
+    with pytest.raises(CorpusError, match="line 11 had no line end when it was embedded"):
+        embed_corpus(embedder, corpus, tmp_path / "v.npy", resume=True, **options)
+
+
+def test_9_a_finish_killed_after_the_output_is_in_place_is_complete(embedder, tmp_path):
+    """finish writes the output last and removes the state before the shards: shards
+    without a state beside an output are that output's, not a run to redo."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", real_texts()[:20])
+    output = tmp_path / "v.npy"
+    embed_corpus(embedder, corpus, output, window_texts=10)
+    before = output.read_bytes()
+    (tmp_path / "v.npy.parts").mkdir()
+    (tmp_path / "v.npy.parts" / "000000.npy").write_bytes(b"left by the kill")
+    with pytest.raises(OutputError, match="already complete"):
+        embed_corpus(embedder, corpus, output, window_texts=10, resume=True)
+    assert output.read_bytes() == before and not (tmp_path / "v.npy.parts").exists()
+
+
+def test_9_resume_and_force_together_are_refused(embedder, tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", ["text"])
+    with pytest.raises(OptionError, match="choose one"):
+        embed_corpus(embedder, corpus, tmp_path / "v.npy", resume=True, force=True)
+
+
+@pytest.mark.parametrize("state", ["[1, 2]", '{"version": 2}', "not json"])
+def test_9_a_state_file_albert_onnx_did_not_write_is_one_error(embedder, tmp_path, state):
+    corpus = write_jsonl(tmp_path / "c.jsonl", ["text"])
+    (tmp_path / "v.npy.parts").mkdir()
+    (tmp_path / "v.npy.parts" / "state.json").write_text(state)
+    with pytest.raises(OutputError, match="not a state this albert-onnx wrote"):
+        embed_corpus(embedder, corpus, tmp_path / "v.npy", resume=True)

@@ -1,0 +1,58 @@
+"""File-system care shared by the writer and the output formats: a file appears whole or not
+at all, a failed write leaves no temporary file and names the file it was writing, and no
+output may overlap an input."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+
+def sidecar(output: Path, suffix: str) -> Path:
+    return output.with_name(output.name + suffix)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in DIRECTORY durable (it lives in the directory, not the file)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary sibling to write, renamed onto PATH at the end. On failure it is removed,
+    and an OSError that names no file (a failed write) is made to name PATH."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def overlap(a: Path, b: Path) -> bool:
+    """A and B are the same file, or one lies inside the other (links resolved)."""
+    a, b = Path(os.path.realpath(a)), Path(os.path.realpath(b))
+    if a == b or a in b.parents or b in a.parents:
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
