@@ -218,7 +218,7 @@ def embed(
             task = bar.add_task("embedding", total=None, docs_s=0.0, tokens_s=0.0)
             start, seen = time.perf_counter(), {"tokens": 0}
 
-            def on_batch(docs: int, tokens: int) -> None:
+            def on_batch(docs: int, tokens: int, _padded: int) -> None:
                 seen["tokens"] += tokens
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 done = bar.tasks[0].completed + docs
@@ -292,6 +292,89 @@ def bench(
                           f"{row.start_seconds:.2f}")  # fmt: skip
     out.print(f"{len(sample)} texts, end to end (tokenization included), one warm-up pass each")
     out.print(table)
+
+
+@app.command()
+def serve(
+    model: ModelOption = None,
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address to bind (keep 127.0.0.1 unless a proxy or load balancer fronts it)."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free one, printed at start).")] = 8080,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ALBERT_ONNX_API_KEY",
+            help="Require 'Authorization: Bearer KEY' (or set ALBERT_ONNX_API_KEY).",
+        ),
+    ] = None,
+    provider: ProviderOption = "auto",
+    precision: Annotated[
+        Precision,
+        typer.Option(help="Graph variant; fp32 for vectors that do not depend on other traffic."),
+    ] = "auto",
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads (default: cores available).")
+    ] = None,
+    device_id: Annotated[int | None, typer.Option(help="CUDA device index.")] = None,
+    max_batch_tokens: Annotated[
+        int | None, typer.Option(help="Padded tokens per batch (default: by provider).")
+    ] = None,
+    max_queue_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="Tokens waiting before new requests get 429 (default: "
+            "8 batches, at least one full request)."
+        ),
+    ] = None,
+    max_inputs_per_request: Annotated[
+        int, typer.Option(help="Inputs per request (413 past it).")
+    ] = 256,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="Longest an idle engine waits for more requests to batch.")
+    ] = 2.0,
+    max_body_bytes: Annotated[
+        int, typer.Option(help="Request body limit (413 past it).")
+    ] = 2_000_000,
+    truncate: Annotated[
+        bool,
+        typer.Option(
+            help="Truncate inputs over the model's max length; --no-truncate answers 422 instead."
+        ),
+    ] = True,
+    isolate_requests: Annotated[
+        bool, typer.Option(help="Run each request alone: no batching across requests (slower).")
+    ] = False,
+    drain_seconds: Annotated[
+        float, typer.Option(help="On SIGTERM, how long requests in flight may take to finish.")
+    ] = 30.0,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="Model name clients send (default: the directory's name).")
+    ] = None,
+) -> None:
+    """Serve embeddings over HTTP: OpenAI /v1/embeddings and text-embeddings-inference /embed."""
+    try:
+        from albert_onnx.serve.app import ServeConfig
+        from albert_onnx.serve.server import serve as run_server
+    except ImportError as exc:
+        raise fail(
+            f"serve needs the serve extra: pip install 'albert-onnx[cpu,serve]' ({exc})"
+        ) from exc
+    with reported():
+        run_server(
+            ServeConfig(
+                model=model, host=host, port=port, api_key=api_key, provider=provider,
+                precision=precision, threads=threads, device_id=device_id,
+                max_batch_tokens=max_batch_tokens, max_queue_tokens=max_queue_tokens,
+                max_inputs_per_request=max_inputs_per_request, max_wait_ms=max_wait_ms,
+                max_body_bytes=max_body_bytes, truncate=truncate,
+                isolate_requests=isolate_requests, drain_seconds=drain_seconds,
+                served_model_name=served_model_name,
+            )
+        )  # fmt: skip
 
 
 @app.command("word-vectors")

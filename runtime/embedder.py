@@ -38,7 +38,8 @@ CUDA_BATCH_TOKENS, CUDA_REFERENCE_FFN = 131_072, 3072
 CUDA_BATCH_TOKEN_RANGE = (8192, 262_144)
 
 Doc = list[Encoded]  # a text's windows: one, unless long_texts="chunk" cuts a long text
-OnBatch = Callable[[int, int], None]  # (docs finished, real tokens) after each batch
+# after each batch: (docs finished, its real tokens, its padded tokens)
+OnBatch = Callable[[int, int, int], None]
 
 
 def default_batch_tokens(provider: str, architecture: dict[str, Any]) -> int:
@@ -71,7 +72,7 @@ def _progress(show: bool, total: int) -> Iterator[OnBatch | None]:
 
     with Progress() as progress:
         task = progress.add_task("embedding", total=total)
-        yield lambda docs, _: progress.advance(task, docs)
+        yield lambda docs, *_: progress.advance(task, docs)
 
 
 class Embedder:
@@ -197,7 +198,7 @@ class Embedder:
                 result if in_graph else pool(result, batch.inputs["attention_mask"], mode)
             )
         if on_batch and self.chunked:  # a chunked text is finished only with its window
-            on_batch(len(docs), 0)
+            on_batch(len(docs), 0, 0)
         if len(windows_) != len(docs):
             vectors = self._combine_windows(vectors, docs)
         normalize = self.normalize if normalize is None else normalize
@@ -241,7 +242,8 @@ class Embedder:
                 stats.padded_tokens += part.padded_tokens
                 yield part, result
                 if on_batch:
-                    on_batch(0 if self.chunked else len(part.rows), part.real_tokens)
+                    docs_done = 0 if self.chunked else len(part.rows)
+                    on_batch(docs_done, part.real_tokens, part.padded_tokens)
 
     def _run(self, batch: Batch, output: str) -> Iterator[tuple[Batch, np.ndarray]]:
         """Run BATCH; out of device memory, halve it (and the budget) and run the halves."""
@@ -273,6 +275,10 @@ class Embedder:
         totals = np.zeros((len(docs), 1), dtype=np.float32)
         np.add.at(totals, owner, weights)
         return combined / totals
+
+    def count_tokens(self, text: str) -> int:
+        """TEXT's whole length in tokens, before any truncation."""
+        return self._tokenizer.count_tokens(text)
 
     # -- the API people know ------------------------------------------------------------
 

@@ -44,14 +44,14 @@ def lone_surrogate(text: str) -> int | None:
     return None
 
 
-def check_texts(texts: Sequence[object], first_index: int = 0) -> None:
+def check_texts(texts: Sequence[object], first_index: int = 0, name: str = "texts") -> None:
     """Refuse what is not a string, or not encodable text, naming its index in the input."""
     for i, text in enumerate(texts, start=first_index):
         if not isinstance(text, str):
-            raise InputTypeError(f"texts[{i}] is {type(text).__name__}, not a string")
+            raise InputTypeError(f"{name}[{i}] is {type(text).__name__}, not a string")
         position = lone_surrogate(text)
         if position is not None:
-            raise InputError(f"texts[{i}] has a lone surrogate at character {position}")
+            raise InputError(f"{name}[{i}] has a lone surrogate at character {position}")
 
 
 @dataclass(frozen=True)
@@ -158,6 +158,11 @@ class TextTokenizer:
         ids = np.asarray(encoding.ids, dtype=np.int32)
         type_ids = np.asarray(encoding.type_ids, dtype=np.int32)
         return Encoded(ids, type_ids, truncated, self._mostly_unknown(ids))
+
+    def count_tokens(self, text: str) -> int:
+        """TEXT's whole length in tokens, special tokens included (no truncation): for
+        telling a client by how much its input is over max_length."""
+        return len(self._plain.encode(text).ids)
 
     def encode_windows(self, texts: list[str]) -> list[list[Encoded]]:
         """All overlapping windows of each text (one window for short texts)."""

@@ -180,7 +180,7 @@ def interrupt_after_shards(output: Path, shards: int):
     """An on_batch callback that interrupts the run once SHARDS shards are on disk."""
     state = output.with_name(output.name + ".parts") / "state.json"
 
-    def on_batch(docs: int, tokens: int) -> None:
+    def on_batch(docs: int, tokens: int, padded: int) -> None:
         if len(json.loads(state.read_text())["shards"]) >= shards:
             raise Interrupted
 

@@ -114,7 +114,13 @@ def test_7_an_id_that_breaks_the_rule_is_a_bad_line_found_while_reading(
     )
     calls = []
     with pytest.raises(CorpusError, match=rf"c.jsonl:2: {reason}"):
-        embed_corpus(embedder, corpus, tmp_path / "v.parquet", id_field="id", on_batch=calls.append)
+        embed_corpus(
+            embedder,
+            corpus,
+            tmp_path / "v.parquet",
+            id_field="id",
+            on_batch=lambda *b: calls.append(b),
+        )
     assert calls == [] and not (tmp_path / "v.parquet").exists()  # before any embedding
     embed_corpus(
         embedder, corpus, tmp_path / "v.parquet", id_field="id", on_error="skip", force=True

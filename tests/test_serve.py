@@ -1,0 +1,330 @@
+"""`albert-onnx serve` as users start it: a live server process on 127.0.0.1 (a free port),
+called with the real openai client and with plain HTTP. Every server here is stopped by
+SIGTERM at the end of its tests, and every client call has a timeout."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+import pytest
+from openai import OpenAI
+
+from albert_onnx import Embedder
+from albert_onnx.runtime.pooling import l2_normalize
+
+from conftest import OFFLINE_ENV, real_texts
+
+TIMEOUT = 60
+
+
+@dataclass
+class Running:
+    url: str
+    process: subprocess.Popen
+
+    def get(self, path: str, **kwargs) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=TIMEOUT, **kwargs)
+
+    def post(self, path: str, **kwargs) -> httpx.Response:
+        return httpx.post(self.url + path, timeout=TIMEOUT, **kwargs)
+
+    def metric(self, name: str) -> float:
+        match = re.search(rf"^{name} (\S+)$", self.get("/metrics").text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while self.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the server never became ready"
+            time.sleep(0.05)
+
+
+def start(model, *args: str) -> Running:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "albert_onnx", "serve", "--model", str(model), "--port", "0",
+         *args],
+        env=OFFLINE_ENV, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    line = process.stderr.readline()
+    match = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
+    assert match, line + process.stderr.read()
+    return Running(match.group(1), process)
+
+
+def stop(server: Running) -> int:
+    server.process.send_signal(signal.SIGTERM)
+    return server.process.wait(timeout=TIMEOUT)
+
+
+@contextmanager
+def serving(model, *args: str, ready: bool = True) -> Iterator[Running]:
+    server = start(model, *args)
+    try:
+        if ready:
+            server.wait_ready()
+        yield server
+    finally:
+        if server.process.poll() is None:
+            assert stop(server) == 0
+
+
+@pytest.fixture(scope="module")
+def fp32_server(english_export) -> Iterator[Running]:
+    with serving(english_export, "--precision", "fp32", "--provider", "cpu", "--no-truncate",
+                 "--max-inputs-per-request", "64",
+                 "--max-body-bytes", "200000") as server:  # fmt: skip
+        yield server
+
+
+@pytest.fixture(scope="module")
+def reference(english_export) -> Embedder:
+    return Embedder(english_export, provider="cpu", precision="fp32")
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+# -- the openai client gets Embedder's vectors ---------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["base64 (the client's default)", "float"])
+def test_the_openai_client_gets_the_embedders_vectors_in_order(fp32_server, reference, encoding):
+    client = OpenAI(base_url=fp32_server.url + "/v1", api_key="unused", timeout=TIMEOUT)
+    texts = real_texts()[:40]
+    options = {"encoding_format": "float"} if encoding == "float" else {}
+    response = client.embeddings.create(model="albert-small-onnx", input=texts, **options)
+    assert [d.index for d in response.data] == list(range(40))
+    vectors = np.array([d.embedding for d in response.data], dtype=np.float32)
+    assert cosines(vectors, reference.embed(texts)).min() >= 0.9999
+    tokens = sum(len(doc[0]) for doc in reference.tokenize(texts))
+    assert response.usage.prompt_tokens == response.usage.total_tokens == tokens
+
+
+def test_int8_vectors_stay_close_whatever_their_batch(english_export):
+    texts = real_texts()[:40]
+    alone = Embedder(english_export, provider="cpu", precision="int8")
+    with serving(english_export, "--precision", "int8", "--provider", "cpu") as server:
+        client = OpenAI(base_url=server.url + "/v1", api_key="unused", timeout=TIMEOUT)
+        response = client.embeddings.create(model="albert-small-onnx", input=texts)
+    vectors = np.array([d.embedding for d in response.data], dtype=np.float32)
+    assert cosines(vectors, alone.embed(texts)).min() >= 0.999
+
+
+def test_a_single_string_and_the_tei_endpoint(fp32_server, reference):
+    one = fp32_server.post(
+        "/v1/embeddings", json={"input": "just one", "encoding_format": "base64"}
+    )
+    row = np.frombuffer(base64.b64decode(one.json()["data"][0]["embedding"]), "<f4")
+    assert np.abs(row - reference.embed(["just one"])[0]).max() < 1e-5
+    tei = fp32_server.post("/embed", json={"inputs": ["a", "b c"], "normalize": False})
+    assert tei.status_code == 200
+    expected = Embedder(reference.model_dir, provider="cpu", precision="fp32", normalize=False)
+    assert np.abs(np.array(tei.json()) - expected.embed(["a", "b c"])).max() < 1e-5
+
+
+# -- many clients at once: every vector belongs to its own input ----------------------------
+
+
+def test_64_concurrent_clients_get_their_own_vectors(fp32_server, reference):
+    texts = real_texts()
+    expected = dict(zip(texts, reference.embed(texts), strict=True))
+    rng = np.random.default_rng(0)
+    requests = [
+        [texts[i] for i in rng.choice(len(texts), size=int(rng.integers(1, 17)), replace=False)]
+        for _ in range(256)
+    ]
+
+    def call(inputs: list[str]) -> tuple[int, list[str], np.ndarray]:
+        response = fp32_server.post("/v1/embeddings", json={"input": inputs})
+        vectors = np.array([d["embedding"] for d in response.json()["data"]], dtype=np.float32)
+        return response.status_code, inputs, vectors
+
+    with ThreadPoolExecutor(max_workers=64) as clients:
+        results = list(clients.map(call, requests))
+    assert all(status == 200 for status, _, _ in results)
+    for _, inputs, vectors in results:
+        assert np.abs(vectors - np.stack([expected[t] for t in inputs])).max() < 1e-5
+    assert fp32_server.metric("albert_onnx_inputs_total") >= sum(map(len, requests))
+
+
+# -- refusals: JSON naming the problem, and the server answers the next request -----------
+
+BAD_REQUESTS = [
+    ("/v1/embeddings", b"not json", 400, "not valid JSON"),
+    ("/v1/embeddings", b'["a list"]', 400, "must be a JSON object"),
+    ("/v1/embeddings", {"input": 5}, 400, "'input' must be a string or a list of strings"),
+    ("/v1/embeddings", {"input": []}, 400, "'input' is an empty list"),
+    ("/v1/embeddings", {"input": ["ok", 5]}, 400, r"input\[1\] is int, not a string"),
+    ("/v1/embeddings", b'{"input": ["ok", "\\ud800"]}', 400, r"input\[1\] has a lone surrogate"),
+    ("/v1/embeddings", {"input": [[1, 2, 3]]}, 400, "holds token ids"),
+    ("/v1/embeddings", {"input": "x", "dimensions": 8}, 400, "'dimensions' is not supported"),
+    ("/v1/embeddings", {"input": "x", "encoding_format": "int8"}, 400, "'encoding_format'"),
+    ("/v1/embeddings", {"input": "x", "model": "gpt"}, 404, "model 'gpt' is not served here"),
+    ("/v1/embeddings", {"input": ["x"] * 65}, 413, "65 inputs; this server takes at most 64"),
+    ("/v1/embeddings", {"input": "x" * 250_000}, 413, "the limit is 200,000"),
+    ("/v1/embeddings", {"input": ["ok", "word " * 600]}, 422, r"input\[1\] has 602 tokens"),
+    ("/embed", {"inputs": "x", "normalize": "yes"}, 400, "'normalize' must be true or false"),
+    ("/embed", {"inputs": []}, 400, "'inputs' is an empty list"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "message"), BAD_REQUESTS)
+def test_a_bad_request_gets_a_clear_error_and_harms_nothing(
+    fp32_server, path, body, status, message
+):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = fp32_server.post(path, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == status
+    error = response.json()["error"]
+    text = error["message"] if path.startswith("/v1") else error
+    assert re.search(message, text), text
+    assert fp32_server.post(path, json={"input": "fine", "inputs": "fine"}).status_code == 200
+
+
+# -- backpressure ------------------------------------------------------------------------------
+
+
+def test_a_burst_past_the_queue_limit_gets_429_and_the_rest_is_answered(english_export, reference):
+    text = " ".join(real_texts()[::2][:3])  # about 300 tokens
+    with serving(english_export, "--precision", "fp32", "--provider", "cpu",
+                 "--max-queue-tokens", "3000", "--max-wait-ms", "50") as server:  # fmt: skip
+        with ThreadPoolExecutor(max_workers=48) as clients:
+            responses = list(
+                clients.map(lambda _: server.post("/embed", json={"inputs": [text] * 4}), range(48))
+            )
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) == {200, 429} and statuses.count(429) >= 10
+        for r in responses:
+            if r.status_code == 429:
+                assert int(r.headers["retry-after"]) >= 1
+                assert r.json()["error_type"] == "Overloaded"
+            else:
+                expected = l2_normalize(reference.embed([text] * 4))  # /embed: TEI's default
+                assert np.abs(np.array(r.json()) - expected).max() < 1e-5
+        assert server.post("/embed", json={"inputs": "after the burst"}).status_code == 200
+        assert server.metric("albert_onnx_queue_tokens") == 0
+
+
+# -- shutdown, access, readiness, clients that leave ----------------------------------------
+
+
+def test_sigterm_finishes_every_request_in_flight_then_exits_0(english_export):
+    server = start(english_export, "--provider", "cpu", "--max-wait-ms", "0")
+    server.wait_ready()
+    long_inputs = [" ".join(real_texts()[::2][:4])] * 48
+    with ThreadPoolExecutor(max_workers=6) as clients:
+        calls = [
+            clients.submit(server.post, "/embed", json={"inputs": long_inputs}) for _ in range(6)
+        ]
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        during = server.get("/ready").status_code
+        refused = server.post("/embed", json={"inputs": "late"}).status_code
+        statuses = [call.result().status_code for call in calls]
+    assert server.process.wait(timeout=TIMEOUT) == 0
+    assert statuses == [200] * 6
+    assert (during, refused) == (503, 503)
+
+
+def test_the_api_key_is_required_where_set(english_export):
+    with serving(english_export, "--provider", "cpu", "--api-key", "s3cret") as server:
+        assert server.post("/embed", json={"inputs": "x"}).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert server.post("/embed", json={"inputs": "x"}, headers=wrong).status_code == 401
+        right = {"Authorization": "Bearer s3cret"}
+        assert server.post("/embed", json={"inputs": "x"}, headers=right).status_code == 200
+        assert server.get("/health").status_code == 200  # probes need no key
+        assert server.get("/info").status_code == 401
+        client = OpenAI(base_url=server.url + "/v1", api_key="s3cret", timeout=TIMEOUT)
+        assert len(client.embeddings.create(model="albert-small-onnx", input="x").data) == 1
+
+
+def test_ready_only_after_warm_up(english_export):
+    """Warm-up runs a full batch at several lengths; a large budget makes it take seconds."""
+    with serving(english_export, "--provider", "cpu", "--max-batch-tokens", "32768",
+                 ready=False) as server:  # fmt: skip
+        assert server.get("/health").status_code == 200
+        assert server.get("/ready").status_code == 503
+        early = server.post("/embed", json={"inputs": "too soon"})
+        assert early.status_code == 503 and "warming up" in early.json()["error"]
+        server.wait_ready()
+        assert server.post("/embed", json={"inputs": "now"}).status_code == 200
+
+
+def raw_request_then_leave(url: str, body: bytes) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as conn:
+        conn.sendall(
+            b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        time.sleep(0.3)  # queued behind the busy engine by now
+
+
+def test_a_client_that_leaves_has_its_queued_inputs_dropped(english_export):
+    with serving(english_export, "--provider", "cpu", "--precision", "fp32") as server:
+        busy = [" ".join(real_texts()[::2][:4])] * 250
+        holder = threading.Thread(
+            target=server.post, args=("/embed",), kwargs={"json": {"inputs": busy}}
+        )
+        holder.start()
+        time.sleep(0.3)
+        raw_request_then_leave(server.url, json.dumps({"inputs": ["a", "b", "c"]}).encode())
+        holder.join(TIMEOUT)
+        deadline = time.monotonic() + 10
+        while server.metric("albert_onnx_inputs_dropped_total") < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.metric("albert_onnx_inputs_dropped_total") == 3
+        assert server.metric("albert_onnx_inputs_total") == 250  # the three never ran
+
+
+def test_info_and_metrics(fp32_server):
+    info = fp32_server.get("/info").json()
+    assert info["model"] == "albert-small-onnx" and info["dimension"] == 64
+    assert (info["precision"], info["provider"], info["max_input_length"]) == ("fp32", "cpu", 512)
+    assert info["max_inputs_per_request"] == 64 and info["truncate"] is False
+    text = fp32_server.get("/metrics").text
+    for name in ("albert_onnx_queue_inputs", "albert_onnx_queue_tokens",
+                 "albert_onnx_batch_tokens_bucket", "albert_onnx_batch_padding_ratio_bucket",
+                 "albert_onnx_request_seconds_bucket", "albert_onnx_queue_seconds_bucket",
+                 "albert_onnx_inputs_total", "albert_onnx_tokens_total",
+                 'albert_onnx_errors_total{kind="invalid_request"}'):  # fmt: skip
+        assert name in text, name
+
+
+def test_the_server_is_torch_free(english_export):
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'transformers', 'onnx') or name.startswith(
+            'albert_onnx.export'
+        ):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+from albert_onnx.serve.app import ServeConfig, Service, create_app
+from albert_onnx.serve import server
+service = Service(ServeConfig(model={str(english_export)!r}, provider='cpu'))
+create_app(service)
+assert not any(m.split('.')[0] in ('torch', 'transformers') for m in sys.modules)
+print('ok')
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "ok", result.stderr
