@@ -101,6 +101,7 @@ class Service:
         self.ready = False
         self.draining = False
         self.in_flight = 0
+        self.arriving = 0  # requests being tokenized, about to be queued
         self.tokenizing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="albert-onnx-tok")
 
     def _queued_inputs(self) -> int:
@@ -126,6 +127,7 @@ class Service:
             self.config.max_wait_ms,
             isolate=self.config.isolate_requests,
             hooks=self.metrics.hooks(time.monotonic),
+            arriving=lambda: self.arriving,
         )
         self.ready = True
 
@@ -187,16 +189,19 @@ class Service:
     async def embed(self, request: Request, call: EmbedCall) -> tuple[np.ndarray, int] | None:
         """The vectors of CALL and their real token count, or None if the client left."""
         loop = asyncio.get_running_loop()
-        docs = await loop.run_in_executor(self.tokenizing, self.embedder.tokenize, call.texts)
-        if not call.truncate:
-            self._refuse_long(call, docs)
-        tokens = sum(len(doc[0]) for doc in docs)
+        self.arriving += 1
         try:
+            docs = await loop.run_in_executor(self.tokenizing, self.embedder.tokenize, call.texts)
+            if not call.truncate:
+                self._refuse_long(call, docs)
             job = self.engine.submit(docs)
         except QueueFull as exc:
             raise ApiError(
                 "overloaded", str(exc), headers={"Retry-After": str(exc.retry_after)}
             ) from exc
+        finally:
+            self.arriving -= 1
+        tokens = sum(len(doc[0]) for doc in docs)
         vectors = asyncio.wrap_future(job.future)
         gone = asyncio.ensure_future(_client_gone(request))
         done, _ = await asyncio.wait({vectors, gone}, return_when=asyncio.FIRST_COMPLETED)

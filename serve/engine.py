@@ -6,9 +6,14 @@ under the token budget with the runtime's bucketer), and completes each request'
 with its own rows. text-embeddings-inference batches by tokens in arrival order; infinity
 sorts by length but caps batches by item count; this does both.
 
-When the thread is idle, the first request waits at most `max_wait_ms` for company (or
-until a batch's worth of tokens is queued); when it is busy, the next round takes all that
-queued meanwhile. The queue is bounded in tokens: past `max_queue_tokens` a request is
+A round holds at most ROUND_BATCHES batches' worth of tokens (at least one request), taken
+in arrival order: enough to sort well by length, few enough that the first clients have
+their answers, and send their next requests, while the engine runs the rest.
+
+When the thread is idle, the first request waits at most `max_wait_ms` for company, and
+only while other requests are on their way (`arriving`: read and being tokenized), so a
+lone client never waits; when the thread is busy, the next round takes all that queued
+meanwhile. The queue is bounded in tokens: past `max_queue_tokens` a request is
 refused at once (QueueFull, with a retry hint from the measured throughput) instead of
 waiting without bound. A cancelled request (its client went away) is dropped if it is still
 queued. With `isolate=True` every request runs alone: no cross-request batching, which is
@@ -28,6 +33,8 @@ import numpy as np
 
 from albert_onnx.errors import AlbertOnnxError
 from albert_onnx.runtime.embedder import Doc, Embedder, OnBatch
+
+ROUND_BATCHES = 8
 
 
 class QueueFull(AlbertOnnxError):
@@ -64,8 +71,10 @@ class Engine:
         max_wait_ms: float,
         isolate: bool = False,
         hooks: EngineHooks | None = None,
+        arriving: Callable[[], int] = lambda: 0,
     ) -> None:
         self.embedder = embedder
+        self.arriving = arriving
         self.max_queue_tokens = max_queue_tokens
         self.max_wait = max_wait_ms / 1000
         self.isolate = isolate
@@ -142,16 +151,26 @@ class Engine:
                 idle
                 and not self.isolate
                 and not self._stopping
+                and self.arriving() > 0
                 and self._queued_tokens < self.embedder.max_batch_tokens
                 and (left := deadline - time.monotonic()) > 0
             ):
                 self._condition.wait(left)
-            jobs = self._queue[:1] if self.isolate else self._queue[:]
+            jobs = self._queue[:1] if self.isolate else self._round(self._queue)
             del self._queue[: len(jobs)]
             taken = sum(job.tokens for job in jobs)
             self._queued_tokens -= taken
             self._running_tokens = taken
         return jobs
+
+    def _round(self, queue: list[Job]) -> list[Job]:
+        """The oldest jobs that fit in one round's tokens (the first one always does)."""
+        limit, total = ROUND_BATCHES * self.embedder.max_batch_tokens, 0
+        for count, job in enumerate(queue):
+            total += job.tokens
+            if total > limit and count:
+                return queue[:count]
+        return queue[:]
 
     def _loop(self) -> None:
         while (jobs := self._take()) is not None:
