@@ -351,13 +351,20 @@ def serve(
     drain_seconds: Annotated[
         float, typer.Option(help="On SIGTERM, how long requests in flight may take to finish.")
     ] = 30.0,
+    drain_min_seconds: Annotated[
+        float,
+        typer.Option(
+            help="On SIGTERM, answer 503 at least this long (a load balancer's "
+            "check interval) before exiting."
+        ),
+    ] = 0.0,
     served_model_name: Annotated[
         str | None, typer.Option(help="Model name clients send (default: the directory's name).")
     ] = None,
 ) -> None:
     """Serve embeddings over HTTP: OpenAI /v1/embeddings and text-embeddings-inference /embed."""
     try:
-        from albert_onnx.serve.app import ServeConfig
+        from albert_onnx.serve.config import ServeConfig
         from albert_onnx.serve.server import serve as run_server
     except ImportError as exc:
         raise fail(
@@ -372,6 +379,7 @@ def serve(
                 max_inputs_per_request=max_inputs_per_request, max_wait_ms=max_wait_ms,
                 max_body_bytes=max_body_bytes, truncate=truncate,
                 isolate_requests=isolate_requests, drain_seconds=drain_seconds,
+                drain_min_seconds=drain_min_seconds,
                 served_model_name=served_model_name,
             )
         )  # fmt: skip

@@ -74,10 +74,10 @@ class ModelSession:
         try:
             return self._session.run([output], inputs)[0]
         except onnxruntime_errors() as exc:
+            shape = "x".join(map(str, inputs["input_ids"].shape))
             if OUT_OF_MEMORY.search(str(exc)):
-                shape = "x".join(map(str, inputs["input_ids"].shape))
                 raise OutOfMemoryError(f"a {shape} batch ran out of memory: {exc}") from exc
-            raise
+            raise ProviderError(f"onnxruntime failed on a {shape} batch: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -130,19 +130,15 @@ def parse_openai(
 ) -> EmbedCall:
     request = _object(body)
     model = request.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError("invalid_request", "'model' must be a string", param="model")
     if model is not None and model != model_name:
         raise ApiError(
             "model_not_found",
             f"model {model!r} is not served here; this server serves {model_name!r}",
             param="model",
         )
-    if request.get("dimensions") is not None:
-        raise ApiError(
-            "invalid_request",
-            f"'dimensions' is not supported: this ALBERT model was not trained to be cut "
-            f"(Matryoshka); its vectors have {dimension} dimensions",
-            param="dimensions",
-        )
+    _no_cutting(request, dimension)
     encoding = request.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise ApiError(
@@ -154,11 +150,38 @@ def parse_openai(
     )
 
 
-def parse_tei(body: bytes, max_inputs: int, normalize: bool, truncate: bool) -> EmbedCall:
+def _no_cutting(request: dict[str, Any], dimension: int) -> None:
+    """`dimensions` other than the model's own is refused: ALBERT is not Matryoshka-trained,
+    so a cut vector would be a worse one, silently."""
+    asked = request.get("dimensions")
+    if asked is not None and asked != dimension:
+        raise ApiError(
+            "invalid_request",
+            f"'dimensions' {asked!r} is not supported: this ALBERT model was not trained to "
+            f"be cut (Matryoshka); its vectors have {dimension} dimensions",
+            param="dimensions",
+        )
+
+
+def parse_tei(body: bytes, dimension: int, max_inputs: int, truncate: bool) -> EmbedCall:
+    """TEI's fields; what this server cannot honour (left truncation, prompts, cut
+    dimensions) is refused rather than ignored."""
     request = _object(body)
+    direction = request.get("truncation_direction")
+    if direction is not None and str(direction).lower() != "right":
+        raise ApiError(
+            "invalid_request", "only 'truncation_direction': 'right' is supported",
+            param="truncation_direction",
+        )  # fmt: skip
+    if request.get("prompt_name") is not None:
+        raise ApiError(
+            "invalid_request", "'prompt_name' is not supported: the model has no prompts",
+            param="prompt_name",
+        )  # fmt: skip
+    _no_cutting(request, dimension)
     return EmbedCall(
         _texts(request.get("inputs"), "inputs", max_inputs),
-        _flag(request, "normalize", normalize),
+        _flag(request, "normalize", True),
         _flag(request, "truncate", truncate),
         field="inputs",
     )

@@ -14,19 +14,17 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from albert_onnx.errors import AlbertOnnxError, OptionError
+import albert_onnx
+from albert_onnx.errors import AlbertOnnxError
 from albert_onnx.runtime.embedder import Doc, Embedder
-from albert_onnx.runtime.options import check_positive
 from albert_onnx.runtime.pooling import l2_normalize
 from albert_onnx.serve.api import (
     ApiError,
@@ -36,44 +34,12 @@ from albert_onnx.serve.api import (
     parse_tei,
     tei_response,
 )
-from albert_onnx.serve.engine import Engine, QueueFull
+from albert_onnx.serve.config import ServeConfig
+from albert_onnx.serve.engine import Engine, EngineClosed, QueueFull
 from albert_onnx.serve.metrics import Metrics
 
 WARMUP_LENGTHS = (8, 64, 128, 256, 512)
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    model: str | Path | None = None
-    host: str = "127.0.0.1"
-    port: int = 8080
-    api_key: str | None = None
-    provider: str = "auto"
-    precision: str = "auto"
-    threads: int | None = None
-    device_id: int | None = None
-    max_batch_tokens: int | None = None
-    max_queue_tokens: int | None = None  # default: a full request of max-length inputs
-    max_inputs_per_request: int = 256
-    max_wait_ms: float = 2.0
-    max_body_bytes: int = 2_000_000
-    truncate: bool = True
-    isolate_requests: bool = False
-    drain_seconds: float = 30.0
-    served_model_name: str | None = None
-
-    def __post_init__(self) -> None:
-        """Checked here, where the API receives them; the Embedder checks its own."""
-        check_positive("max_inputs_per_request", self.max_inputs_per_request)
-        check_positive("max_body_bytes", self.max_body_bytes)
-        if self.max_queue_tokens is not None:
-            check_positive("max_queue_tokens", self.max_queue_tokens)
-        for name in ("max_wait_ms", "drain_seconds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise OptionError(f"{name} must be a number of at least 0, not {value!r}")
-        if not 0 <= self.port <= 65535:
-            raise OptionError(f"port must be 0 to 65535, not {self.port!r}")
+CLIENT_GONE = 499  # nginx's status for a request whose client closed the connection
 
 
 class Service:
@@ -97,11 +63,9 @@ class Service:
         )
         self.metrics = Metrics(self._queued_inputs, self._queued_tokens)
         self.engine: Engine | None = None
-        self.failure: AlbertOnnxError | None = None  # warm-up failed: the server must stop
-        self.ready = False
+        self.failure: BaseException | None = None  # warm-up failed: the server must stop
         self.draining = False
-        self.in_flight = 0
-        self.arriving = 0  # requests being tokenized, about to be queued
+        self.in_flight = 0  # embedding requests between arrival and answer (event loop only)
         self.tokenizing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="albert-onnx-tok")
 
     def _queued_inputs(self) -> int:
@@ -110,46 +74,51 @@ class Service:
     def _queued_tokens(self) -> int:
         return self.engine.queued_tokens if self.engine else 0
 
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None and self.engine.alive and not self.draining
+
     def warm_up(self) -> None:
         """Run one full batch at each of a few lengths, so that onnxruntime's allocations
-        are done before the first client waits on them; then start the engine."""
+        are done before the first client waits on them; then start the engine. Whatever
+        fails here is kept, and stops the server (serve.py)."""
         budget = self.embedder.max_batch_tokens
         try:
             for length in (n for n in WARMUP_LENGTHS if n <= self.embedder.max_length):
                 text = " ".join(["word"] * (length - 2))
                 self.embedder.embed([text] * max(1, budget // length))
-        except AlbertOnnxError as exc:
+            self.engine = Engine(
+                self.embedder,
+                self.max_queue_tokens,
+                self.config.max_wait_ms,
+                isolate=self.config.isolate_requests,
+                hooks=self.metrics.hooks(),
+            )
+        except BaseException as exc:
             self.failure = exc
-            return
-        self.engine = Engine(
-            self.embedder,
-            self.max_queue_tokens,
-            self.config.max_wait_ms,
-            isolate=self.config.isolate_requests,
-            hooks=self.metrics.hooks(time.monotonic),
-            arriving=lambda: self.arriving,
-        )
-        self.ready = True
+            raise
 
     def info(self) -> dict[str, Any]:
-        e = self.embedder
+        """text-embeddings-inference's /info fields, then this server's own."""
+        e, c = self.embedder, self.config
         return {
-            "model": self.model_name,
-            "model_dir": str(e.model_dir),
-            "dimension": e.dimension,
-            "precision": e.precision,
-            "provider": e.provider,
-            "pooling": e.pooling,
-            "normalize": e.normalize,
+            "model_id": self.model_name,
+            "model_dtype": e.precision,
+            "model_pooling": e.pooling,
             "max_input_length": e.max_length,
             "max_batch_tokens": e.max_batch_tokens,
+            "max_client_batch_size": c.max_inputs_per_request,
+            "auto_truncate": c.truncate,
+            "version": albert_onnx.__version__,
+            "model_dir": str(e.model_dir),
+            "dimension": e.dimension,
+            "provider": e.provider,
+            "normalize": e.normalize,
             "max_queue_tokens": self.max_queue_tokens,
-            "max_inputs_per_request": self.config.max_inputs_per_request,
-            "max_wait_ms": self.config.max_wait_ms,
-            "max_body_bytes": self.config.max_body_bytes,
-            "truncate": self.config.truncate,
-            "isolate_requests": self.config.isolate_requests,
-            "ready": self.ready and not self.draining,
+            "max_wait_ms": c.max_wait_ms,
+            "max_body_bytes": c.max_body_bytes,
+            "isolate_requests": c.isolate_requests,
+            "ready": self.ready,
         }
 
     # -- one embedding request ---------------------------------------------------------
@@ -158,18 +127,23 @@ class Service:
         key = self.config.api_key
         if key is None:
             return
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), key.encode()):
-            raise ApiError("unauthorized", "a valid API key is needed: 'Authorization: Bearer KEY'")
+            raise ApiError(
+                "unauthorized",
+                "a valid API key is needed: 'Authorization: Bearer KEY'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     def check_open(self) -> None:
         if self.draining:
             raise ApiError(
                 "unavailable", "the server is shutting down", headers={"Retry-After": "1"}
             )
-        if not self.ready:
+        if self.engine is None:
             raise ApiError("unavailable", "the model is warming up", headers={"Retry-After": "1"})
+        if not self.engine.alive:
+            raise ApiError("unavailable", "the inference engine has stopped")
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.config.max_body_bytes
@@ -186,46 +160,55 @@ class Service:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _tokenize(self, call: EmbedCall) -> list[Doc]:
+        """In the tokenizer pool, never on the event loop: texts are up to the body limit."""
+        docs = self.embedder.tokenize(call.texts)
+        if not call.truncate:
+            for i, doc in enumerate(docs):
+                if doc[0].truncated:
+                    count = self.embedder.count_tokens(call.texts[i])
+                    raise ApiError(
+                        "input_too_long",
+                        f"{call.field}[{i}] has {count:,} tokens, over the model's "
+                        f"{self.embedder.max_length}; shorten it or allow truncation",
+                        param=call.field,
+                    )
+        return docs
+
     async def embed(self, request: Request, call: EmbedCall) -> tuple[np.ndarray, int] | None:
         """The vectors of CALL and their real token count, or None if the client left."""
+        engine = self.engine
         loop = asyncio.get_running_loop()
-        self.arriving += 1
         try:
-            docs = await loop.run_in_executor(self.tokenizing, self.embedder.tokenize, call.texts)
-            if not call.truncate:
-                self._refuse_long(call, docs)
-            job = self.engine.submit(docs)
+            with engine.arriving():
+                docs = await loop.run_in_executor(self.tokenizing, self._tokenize, call)
+                job = engine.submit(docs)
         except QueueFull as exc:
             raise ApiError(
                 "overloaded", str(exc), headers={"Retry-After": str(exc.retry_after)}
             ) from exc
-        finally:
-            self.arriving -= 1
-        tokens = sum(len(doc[0]) for doc in docs)
+        except EngineClosed as exc:
+            raise ApiError("unavailable", str(exc)) from exc
         vectors = asyncio.wrap_future(job.future)
         gone = asyncio.ensure_future(_client_gone(request))
-        done, _ = await asyncio.wait({vectors, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if vectors not in done:
-            self.engine.cancel(job)
-            vectors.cancel()
+        try:
+            await asyncio.wait({vectors, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this handler is cancelled: its inputs must not run for nobody
+            if not vectors.done():
+                engine.cancel(job)
+                vectors.cancel()
+            gone.cancel()
+        if vectors.cancelled():
             return None
-        gone.cancel()
         try:
             result = vectors.result()
         except AlbertOnnxError as exc:
             raise ApiError("backend", f"embedding failed: {exc}") from exc
+        if not np.isfinite(result).all():
+            bad = int(np.flatnonzero(~np.isfinite(result).all(axis=1))[0])
+            raise ApiError("backend", f"the model gave non-finite values for {call.field}[{bad}]")
+        tokens = sum(len(doc[0]) for doc in docs)
         return (l2_normalize(result) if call.normalize else result), tokens
-
-    def _refuse_long(self, call: EmbedCall, docs: list[Doc]) -> None:
-        for i, doc in enumerate(docs):
-            if doc[0].truncated:
-                count = self.embedder.count_tokens(call.texts[i])
-                raise ApiError(
-                    "input_too_long",
-                    f"{call.field}[{i}] has {count:,} tokens, over the model's "
-                    f"{self.embedder.max_length}; shorten it or allow truncation",
-                    param=call.field,
-                )
 
 
 async def _client_gone(request: Request) -> None:
@@ -234,10 +217,13 @@ async def _client_gone(request: Request) -> None:
         continue
 
 
-def create_app(service: Service) -> Starlette:
-    Handler = Callable[[Request], Awaitable[Response]]
+Parse = Callable[[bytes], EmbedCall]
+Answer = Callable[[EmbedCall, np.ndarray, int], Any]
+Handler = Callable[[Request], Awaitable[Response]]
 
-    def endpoint(name: str, parse, answer, error_body) -> Handler:
+
+def create_app(service: Service) -> Starlette:
+    def endpoint(name: str, parse: Parse, answer: Answer, error_body: Callable) -> Handler:
         async def handle(request: Request) -> Response:
             start = time.monotonic()
             service.in_flight += 1
@@ -248,19 +234,21 @@ def create_app(service: Service) -> Starlette:
                 embedded = await service.embed(request, call)
                 if embedded is None:
                     service.metrics.errors.labels("client_gone").inc()
-                    return Response(status_code=499)  # nobody is listening any more
+                    return Response(status_code=CLIENT_GONE)
                 return JSONResponse(answer(call, *embedded))
             except ApiError as exc:
                 service.metrics.errors.labels(exc.kind).inc()
                 return JSONResponse(error_body(exc), exc.status, headers=exc.headers)
+            except ClientDisconnect:  # gone while sending its body: nobody to answer
+                service.metrics.errors.labels("client_gone").inc()
+                return Response(status_code=CLIENT_GONE)
             finally:
                 service.in_flight -= 1
                 service.metrics.request_seconds.labels(name).observe(time.monotonic() - start)
 
         return handle
 
-    config = service.config
-    embedder = service.embedder
+    config, embedder = service.config, service.embedder
 
     def parse_v1(body: bytes) -> EmbedCall:
         return parse_openai(
@@ -269,7 +257,7 @@ def create_app(service: Service) -> Starlette:
         )  # fmt: skip
 
     def parse_embed(body: bytes) -> EmbedCall:
-        return parse_tei(body, config.max_inputs_per_request, True, config.truncate)
+        return parse_tei(body, embedder.dimension, config.max_inputs_per_request, config.truncate)
 
     openai = endpoint(
         "v1_embeddings", parse_v1,
@@ -287,16 +275,26 @@ def create_app(service: Service) -> Starlette:
     async def ready(_: Request) -> Response:
         if service.draining:
             return JSONResponse({"status": "draining"}, 503)
-        if not service.ready:
+        if service.engine is None:
             return JSONResponse({"status": "warming up"}, 503)
+        if not service.engine.alive:
+            return JSONResponse({"status": "engine stopped"}, 503)
         return JSONResponse({"status": "ready"})
 
-    async def info(request: Request) -> Response:
+    async def guarded(request: Request, answer: Callable[[], Any]) -> Response:
         try:
             service.check_access(request)
         except ApiError as exc:
-            return JSONResponse(exc.openai_body(), exc.status)
-        return JSONResponse(service.info())
+            return JSONResponse(exc.openai_body(), exc.status, headers=exc.headers)
+        return JSONResponse(answer())
+
+    async def info(request: Request) -> Response:
+        return await guarded(request, service.info)
+
+    async def models(request: Request) -> Response:  # what OpenAI-compatible tools probe
+        model = {"id": service.model_name, "object": "model", "created": 0,
+                 "owned_by": "albert-onnx"}  # fmt: skip
+        return await guarded(request, lambda: {"object": "list", "data": [model]})
 
     async def metrics(_: Request) -> Response:
         return Response(service.metrics.text(), media_type="text/plain; version=0.0.4")
@@ -305,6 +303,7 @@ def create_app(service: Service) -> Starlette:
         routes=[
             Route("/v1/embeddings", openai, methods=["POST"]),
             Route("/embed", tei, methods=["POST"]),
+            Route("/v1/models", models),
             Route("/health", health),
             Route("/ready", ready),
             Route("/info", info),

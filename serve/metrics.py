@@ -3,6 +3,7 @@ so that two apps in one process, as in tests, never clash)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -33,7 +34,7 @@ class Metrics:
             buckets=PADDING_BUCKETS, registry=r,
         )  # fmt: skip
         self.request_seconds = Histogram(
-            "albert_onnx_request_seconds", "Request latency, body read to response",
+            "albert_onnx_request_seconds", "Request latency, from its arrival to its answer",
             ["endpoint"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue_seconds = Histogram(
@@ -50,7 +51,7 @@ class Metrics:
             "albert_onnx_errors", "Requests refused or failed, by kind", ["kind"], registry=r
         )
 
-    def hooks(self, now: Callable[[], float]) -> EngineHooks:
+    def hooks(self) -> EngineHooks:
         def on_batch(docs: int, real: int, padded: int) -> None:
             self.batch_tokens.observe(padded)
             if real:
@@ -59,7 +60,7 @@ class Metrics:
             self.tokens.inc(real)
 
         def on_round(jobs: list[Job]) -> None:
-            started = now()
+            started = time.monotonic()
             for job in jobs:
                 self.queue_seconds.observe(started - job.queued_at)
 

@@ -59,9 +59,15 @@ def start(model, *args: str) -> Running:
          *args],
         env=OFFLINE_ENV, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    line = process.stderr.readline()
-    match = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
-    assert match, line + process.stderr.read()
+    seen = []
+    for line in process.stderr:  # warnings may come first
+        seen.append(line)
+        if match := re.search(r"serving on (http://127\.0\.0\.1:\d+)", line):
+            break
+    else:
+        raise AssertionError("".join(seen))
+    # keep reading what it prints, so that a full pipe can never block the server
+    threading.Thread(target=process.stderr.read, daemon=True).start()
     return Running(match.group(1), process)
 
 
@@ -172,7 +178,7 @@ BAD_REQUESTS = [
     ("/v1/embeddings", {"input": ["ok", 5]}, 400, r"input\[1\] is int, not a string"),
     ("/v1/embeddings", b'{"input": ["ok", "\\ud800"]}', 400, r"input\[1\] has a lone surrogate"),
     ("/v1/embeddings", {"input": [[1, 2, 3]]}, 400, "holds token ids"),
-    ("/v1/embeddings", {"input": "x", "dimensions": 8}, 400, "'dimensions' is not supported"),
+    ("/v1/embeddings", {"input": "x", "dimensions": 8}, 400, "'dimensions' 8 is not supported"),
     ("/v1/embeddings", {"input": "x", "encoding_format": "int8"}, 400, "'encoding_format'"),
     ("/v1/embeddings", {"input": "x", "model": "gpt"}, 404, "model 'gpt' is not served here"),
     ("/v1/embeddings", {"input": ["x"] * 65}, 413, "65 inputs; this server takes at most 64"),
@@ -296,10 +302,10 @@ def test_a_client_that_leaves_has_its_queued_inputs_dropped(english_export):
 
 
 def test_info_and_metrics(fp32_server):
-    info = fp32_server.get("/info").json()
-    assert info["model"] == "albert-small-onnx" and info["dimension"] == 64
-    assert (info["precision"], info["provider"], info["max_input_length"]) == ("fp32", "cpu", 512)
-    assert info["max_inputs_per_request"] == 64 and info["truncate"] is False
+    info = fp32_server.get("/info").json()  # text-embeddings-inference's fields, then ours
+    assert info["model_id"] == "albert-small-onnx" and info["dimension"] == 64
+    assert (info["model_dtype"], info["provider"], info["max_input_length"]) == ("fp32", "cpu", 512)
+    assert info["max_client_batch_size"] == 64 and info["auto_truncate"] is False
     text = fp32_server.get("/metrics").text
     for name in ("albert_onnx_queue_inputs", "albert_onnx_queue_tokens",
                  "albert_onnx_batch_tokens_bucket", "albert_onnx_batch_padding_ratio_bucket",
@@ -319,7 +325,8 @@ class Block:
         ):
             raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
-from albert_onnx.serve.app import ServeConfig, Service, create_app
+from albert_onnx.serve.app import Service, create_app
+from albert_onnx.serve.config import ServeConfig
 from albert_onnx.serve import server
 service = Service(ServeConfig(model={str(english_export)!r}, provider='cpu'))
 create_app(service)
@@ -328,3 +335,103 @@ print('ok')
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+# -- the edges a review found ------------------------------------------------------------
+
+MORE_BAD_REQUESTS = [
+    ("/v1/embeddings", {"input": "x", "model": 7}, 400, "'model' must be a string"),
+    ("/embed", {"inputs": "x", "truncation_direction": "Left"}, 400, "only 'truncation_direction'"),
+    ("/embed", {"inputs": "x", "prompt_name": "query"}, 400, "'prompt_name' is not supported"),
+    ("/embed", {"inputs": "x", "dimensions": 32}, 400, "'dimensions' 32 is not supported"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "message"), MORE_BAD_REQUESTS)
+def test_what_the_server_cannot_honour_is_refused_not_ignored(
+    fp32_server, path, body, status, message
+):
+    response = fp32_server.post(path, json=body)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert re.search(message, error["message"] if path.startswith("/v1") else error)
+
+
+def test_the_models_own_dimension_and_models_list_are_accepted(fp32_server):
+    same = fp32_server.post("/v1/embeddings", json={"input": "x", "dimensions": 64})
+    assert same.status_code == 200
+    assert fp32_server.get("/v1/models").json()["data"][0]["id"] == "albert-small-onnx"
+
+
+def test_a_client_gone_in_the_middle_of_its_body_harms_nothing(fp32_server):
+    host, port = fp32_server.url.removeprefix("http://").split(":")
+    before = fp32_server.metric('albert_onnx_errors_total{kind="client_gone"}')
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as conn:
+        conn.sendall(b'POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"inp')
+        time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while fp32_server.metric('albert_onnx_errors_total{kind="client_gone"}') == before:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert fp32_server.post("/embed", json={"inputs": "still fine"}).status_code == 200
+
+
+def test_a_second_signal_stops_at_once_with_status_1(english_export):
+    server = start(english_export, "--provider", "cpu", "--precision", "fp32")
+    server.wait_ready()
+    busy = [" ".join(real_texts()[::2][:4])] * 250
+    with ThreadPoolExecutor(max_workers=4) as clients:
+        calls = [clients.submit(server.post, "/embed", json={"inputs": busy}) for _ in range(4)]
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=TIMEOUT) == 1
+        for call in calls:
+            with pytest.raises(httpx.HTTPError):
+                call.result().raise_for_status()
+
+
+def test_a_drain_answers_503_at_least_its_minimum(english_export):
+    server = start(english_export, "--provider", "cpu", "--drain-min-seconds", "1")
+    server.wait_ready()
+    stopped = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert server.get("/ready").status_code == 503  # still answering, for the load balancer
+    assert server.process.wait(timeout=TIMEOUT) == 0
+    assert time.monotonic() - stopped >= 1
+
+
+def test_options_are_checked_where_the_api_receives_them():
+    from albert_onnx.errors import OptionError
+    from albert_onnx.serve.config import ServeConfig
+
+    for bad, message in [
+        ({"api_key": " "}, "the API key is empty"),
+        ({"port": 70000}, "port must be 0 to 65535"),
+        ({"max_wait_ms": -1}, "max_wait_ms must be a number of at least 0"),
+        ({"max_inputs_per_request": 0}, "max_inputs_per_request must be a whole number"),
+    ]:
+        with pytest.raises(OptionError, match=message):
+            ServeConfig(**bad)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_failed_inference_thread_fails_its_waiters_instead_of_hanging(english_export):
+    """The engine alone (no HTTP): a bug in a round must not leave futures waiting."""
+    from albert_onnx.serve.engine import Engine, EngineClosed
+
+    embedder = Embedder(english_export, provider="cpu")
+    engine = Engine(embedder, max_queue_tokens=100_000, max_wait_ms=0)
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug in a round")
+
+    embedder.pooled = broken  # the failure being tested: not an albert-onnx error
+    job = engine.submit(embedder.tokenize(["a text"]))
+    with pytest.raises(EngineClosed, match="RuntimeError: a bug in a round"):
+        job.future.result(timeout=TIMEOUT)
+    assert not engine.alive
+    with pytest.raises(EngineClosed):
+        engine.submit(embedder.tokenize(["another"]))
