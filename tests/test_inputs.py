@@ -417,7 +417,7 @@ def test_10_field_names_are_checked(embedder, tmp_path, text_field, id_field):
         embed_corpus(embedder, corpus, tmp_path / "v.npy", text_field=text_field, id_field=id_field)
 
 
-def test_a_pooling_embedder_refuses_nothing_but_a_token_one_refuses_pooled(english_export):
+def test_a_token_vector_embedder_refuses_to_pool(english_export):
     tokens = Embedder(english_export, provider="cpu", pooling="none")
     with pytest.raises(OptionError, match="gives token vectors"):
         tokens.pooled(tokens.tokenize(["text"]))
