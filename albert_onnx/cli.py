@@ -271,14 +271,14 @@ def bench(
     from albert_onnx.runtime.bench import bench as run_bench
     from albert_onnx.runtime.bench import sample_texts
     from albert_onnx.runtime.options import check_positive
-    from albert_onnx.runtime.reader import JsonlReader, Record
+    from albert_onnx.runtime.reader import Record, open_corpus
 
     with reported():
         check_positive("texts", texts)
         if corpus is None:
             sample = sample_texts(texts)
         else:
-            records = (i for i in JsonlReader(corpus, text_field) if isinstance(i, Record))
+            records = (i for i in open_corpus(corpus, text_field) if isinstance(i, Record))
             sample = [r.text for r in itertools.islice(records, texts)]
             if not sample:
                 raise CorpusError(f"{corpus}: no texts to time")

@@ -24,7 +24,7 @@ from machine import cpu_description
 from albert_onnx import Embedder
 from albert_onnx.runtime.job import embed_corpus
 from albert_onnx.runtime.output_lock import OutputLock
-from albert_onnx.runtime.reader import JsonlReader
+from albert_onnx.runtime.reader import open_corpus
 from albert_onnx.runtime.stats import count_duplicates
 
 
@@ -47,7 +47,7 @@ def main() -> None:
             f.write(json.dumps({"id": f"doc-{i}", "text": sentences[i % len(sentences)]}) + "\n")
     size = corpus.stat().st_size
 
-    reader = JsonlReader(corpus, id_field="id")
+    reader = open_corpus(corpus, id_field="id")
     read_seconds = timed(lambda: sum(1 for _ in reader))
     lines = corpus.read_bytes().splitlines(keepends=True)
 
@@ -58,7 +58,7 @@ def main() -> None:
 
     fingerprint_seconds = min(timed(hash_lines) for _ in range(3))  # the reader's extra work
     at_end = reader.position()
-    verify_seconds = timed(lambda: list(JsonlReader(corpus, id_field="id", start=at_end)))
+    verify_seconds = timed(lambda: list(open_corpus(corpus, id_field="id", start=at_end)))
 
     lock = OutputLock(work / "v.npy.lock", work / "v.npy")
 

@@ -23,7 +23,15 @@ from albert_onnx.runtime.options import (
     check_field,
     check_positive,
 )
-from albert_onnx.runtime.reader import BadLine, Blank, Item, JsonlReader, Position, Record
+from albert_onnx.runtime.reader import (
+    STDIN,
+    BadLine,
+    Blank,
+    Item,
+    Position,
+    Record,
+    open_corpus,
+)
 from albert_onnx.runtime.stats import Stats, count_duplicates
 from albert_onnx.runtime.windows import WINDOW_TEXTS, prepared, windows
 from albert_onnx.runtime.writer import ShardWriter
@@ -60,9 +68,12 @@ def embed_corpus(
     if id_field is not None:
         check_field("id_field", id_field)
     corpus = Path(corpus)
-    if not corpus.is_file():
-        raise CorpusError(f"{corpus}: no such file")
+    if resume and str(corpus) == STDIN:
+        raise CorpusError("--resume needs a file: standard input cannot be read again")
+    # opened before the output is touched: a wrong file or column stops here
+    reader = open_corpus(corpus, text_field, id_field, on_error)
     settings = {
+        "input_format": reader.format,
         **embedder.fingerprint,
         "provider": embedder.provider,
         "precision": embedder.precision,
@@ -83,14 +94,14 @@ def embed_corpus(
         ragged=embedder.gives_token_vectors,
         resume=resume,
         force=force,
-        protect={"the corpus": corpus, "the model directory": embedder.model_dir},
+        protect={"the model directory": embedder.model_dir}
+        | ({} if str(corpus) == STDIN else {"the corpus": corpus}),
     ) as writer:
         done = writer.progress
         stats = Stats.from_dict(done["stats"]) if done else Stats()
         before = Stats.from_dict(stats.to_dict())
-        reader = JsonlReader(
-            corpus, text_field, id_field, on_error, Position(**done["position"]) if done else None
-        )
+        if done:
+            reader.resume_from(Position(**done["position"]))
 
         def prepare(items: list[Item]) -> tuple[Position, list[Record], list]:
             records = [item for item in items if isinstance(item, Record)]
@@ -100,7 +111,9 @@ def embed_corpus(
         groups = windows(reader, window_texts, counts=lambda item: isinstance(item, Record))
         for items, (position, records, docs) in prepared(groups, prepare):
             vectors, window = embedder.embed_docs(docs, on_batch)
-            errors = [{"line": i.line, "reason": i.reason} for i in items if isinstance(i, BadLine)]
+            errors = [
+                {reader.unit: i.line, "reason": i.reason} for i in items if isinstance(i, BadLine)
+            ]
             window.skipped = len(errors)
             window.blank_lines = sum(isinstance(item, Blank) for item in items)
             stats.add(window)

@@ -49,7 +49,6 @@ def test_1_embed_onto_its_own_corpus_is_refused_and_the_corpus_kept(english_expo
     [
         ("v.npy.ids.jsonl", "v.npy"),  # the ids sidecar would be the corpus
         ("v.jsonl.errors.jsonl", "v.jsonl"),  # the bad-lines sidecar would be the corpus
-        ("v.npy.lock", "v.npy"),  # the lock file would be the corpus
         ("v.npy.parts/c.jsonl", "v.npy"),  # the shard directory holds the corpus
     ],
 )
@@ -60,6 +59,17 @@ def test_1_no_sidecar_of_the_output_may_be_the_corpus(embedder, tmp_path, corpus
     before = corpus.read_bytes()
     with pytest.raises(OutputError, match="would overwrite the corpus"):
         embed_corpus(embedder, corpus, tmp_path / output_name, force=True, on_error="skip")
+    assert corpus.read_bytes() == before
+
+
+def test_1_links_are_followed_to_the_corpus(embedder, tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", ["first", "second"])
+    before = corpus.read_bytes()
+    for link in ("v.npy", "v.npy.lock", "v.npy.ids.jsonl"):
+        (tmp_path / link).symlink_to(corpus)
+        with pytest.raises(OutputError, match="would overwrite the corpus"):
+            embed_corpus(embedder, corpus, tmp_path / "v.npy", force=True)
+        (tmp_path / link).unlink()
     assert corpus.read_bytes() == before
 
 
