@@ -144,8 +144,19 @@ def info(model_dir: Annotated[Path, typer.Argument(help="Model directory.")]) ->
 
 @app.command()
 def embed(
-    corpus: Annotated[Path, typer.Argument(help="JSONL corpus, one object per line.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help=".npy, .npz, .parquet or .jsonl")],
+    corpus: Annotated[
+        Path,
+        typer.Argument(
+            help=".jsonl(.gz), .txt(.gz), .parquet, .csv/.tsv(.gz), or - for JSONL "
+            "on standard input."
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help=".npy, .npz, .parquet or .jsonl; a directory with --ray."
+        ),
+    ],
     model: ModelOption = None,
     text_field: Annotated[str, typer.Option(help="JSON field holding the text.")] = "text",
     id_field: Annotated[
@@ -183,13 +194,45 @@ def embed(
         int, typer.Option(help="Texts sorted together per window; also the shard size.")
     ] = WINDOW_TEXTS,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Run on Ray Data: Parquet parts in the output directory.")
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="A Ray cluster (auto, ray://HOST:10001); default: a local one."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="--ray: workers (default: the cluster's CPUs / threads).")
+    ] = None,
+    threads_per_worker: Annotated[int, typer.Option(help="--ray: CPU threads per worker.")] = 1,
+    part_rows: Annotated[int, typer.Option(help="--ray: records per part (and per block).")] = 4096,
 ) -> None:
-    """Embed a JSONL corpus; vectors are written in input order with their ids."""
+    """Embed a corpus; vectors are written in input order with their ids."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from albert_onnx.runtime.embedder import Embedder
     from albert_onnx.runtime.job import embed_corpus
     from albert_onnx.runtime.options import check_positive
+
+    if ray:
+        with reported():
+            from albert_onnx.runtime.ray_data import embed_parts
+
+            done = embed_parts(
+                corpus, output, model, text_field=text_field, id_field=id_field,
+                on_error=on_error, dtype=dtype, precision=precision, pooling=pooling,
+                provider="cpu" if provider == "auto" else provider,
+                normalize=normalize, max_batch_tokens=max_batch_tokens, long_texts=long_texts,
+                workers=workers, threads_per_worker=threads_per_worker, part_rows=part_rows,
+                address=ray_address, resume=resume, force=force,
+            )  # fmt: skip
+        _print_summary(done.stats, done.stats, 0)
+        out.print(
+            f"wrote {done.parts:,} parts ({done.parts_embedded:,} embedded by this run) and "
+            f"the manifest to {done.output}",
+            highlight=False,
+        )
+        return
 
     columns = (
         TextColumn("{task.description}"),
@@ -239,8 +282,11 @@ def embed(
                 window_texts=window_texts,
                 on_batch=on_batch,
             )
-    stats, run = summary.stats, summary.run
-    resumed = summary.resumed_after_line
+    _print_summary(summary.stats, summary.run, summary.resumed_after_line)
+    out.print(f"wrote {', '.join(summary.outputs)}", highlight=False)
+
+
+def _print_summary(stats, run, resumed: int) -> None:
     out.print(
         f"{stats.docs:,} docs, {stats.tokens:,} tokens ({run.tokens_per_s:,.0f} tokens/s), "
         f"padding overhead {stats.padding_overhead:.1%}, truncated {stats.truncated:,}, "
@@ -250,7 +296,6 @@ def embed(
         + (f"; resumed after line {resumed:,}" if resumed else ""),
         highlight=False,
     )
-    out.print(f"wrote {', '.join(summary.outputs)}", highlight=False)
 
 
 @app.command()

@@ -191,6 +191,12 @@ def open_corpus(
         raise CorpusError(f"{path}: a .txt corpus has no fields; its ids are line numbers")
     _check_content(path, fmt)
     if fmt in ("parquet", "csv", "tsv"):
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as exc:
+            raise CorpusError(
+                f"{path}: reading .{fmt} needs pyarrow: pip install 'albert-onnx[parquet]'"
+            ) from exc
         from albert_onnx.runtime.tabular import TabularReader
 
         return TabularReader(path, fmt, text_field, id_field, on_error, start)

@@ -1,0 +1,164 @@
+"""Ray Data, on a real local Ray instance (no mocks): Parquet in, parts out, every id exactly
+once, the single-process vectors, a SIGKILLed worker retried, and a killed driver resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from albert_onnx import Embedder
+from albert_onnx.errors import OutputError
+from albert_onnx.runtime.ray_data import embed_dataset, embed_parts, iter_vectors
+
+from conftest import OFFLINE_ENV, real_texts, sts_sentences
+
+TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    return (real_texts() + sts_sentences()[:760])[:1000]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, texts) -> Path:
+    path = tmp_path_factory.mktemp("ray") / "corpus.parquet"
+    pq.write_table(pa.table({"id": list(range(len(texts))), "text": texts}), path,
+                   row_group_size=128)  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(english_export, texts) -> np.ndarray:
+    return Embedder(english_export, provider="cpu", precision="fp32").embed(texts)
+
+
+def read_output(output: Path) -> tuple[list[int], np.ndarray]:
+    ids, vectors = [], []
+    for part_ids, part_vectors in iter_vectors(output):
+        ids += part_ids
+        vectors.append(part_vectors)
+    return ids, np.concatenate(vectors)
+
+
+def assert_exactly_once_and_equal(output: Path, reference: np.ndarray) -> None:
+    ids, vectors = read_output(output)
+    assert sorted(ids) == list(range(len(reference)))  # every id, once
+    got = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    want = reference[ids] / np.linalg.norm(reference[ids], axis=1, keepdims=True)
+    assert (got * want).sum(1).min() >= 0.99999
+
+
+def test_parquet_in_parts_out_every_id_once_with_the_single_process_vectors(
+    local_ray, english_export, corpus, reference, tmp_path
+):
+    summary = embed_parts(corpus, tmp_path / "out", english_export, id_field="id",
+                          precision="fp32", workers=2, part_rows=100)  # fmt: skip
+    assert (summary.parts, summary.parts_embedded, summary.stats.docs) == (10, 10, 1000)
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["rows"] == 1000 and len(manifest["parts"]) == 10
+    assert not (tmp_path / "out" / "_state.json").exists()
+    assert_exactly_once_and_equal(tmp_path / "out", reference)
+    with pytest.raises(OutputError, match="already exists"):
+        embed_parts(corpus, tmp_path / "out", english_export, id_field="id")
+
+
+def test_embed_dataset_maps_a_ray_dataset(local_ray, english_export, corpus, reference):
+    dataset = ray.data.read_parquet(str(corpus))
+    # one worker: the read stage needs a CPU of its own, or the pool holds both and nothing
+    # is read (Ray Data waits for resources that never free up)
+    vectors = embed_dataset(dataset, english_export, "text", "id", workers=1, precision="fp32")
+    table = pa.concat_tables(ray.get(vectors.to_arrow_refs()))
+    ids = table.column("id").to_pylist()
+    got = np.stack(table.column("vector").to_numpy(zero_copy_only=False))
+    assert sorted(ids) == list(range(1000))
+    assert np.abs(got - reference[ids]).max() < 1e-5
+
+
+def map_worker_pids() -> list[int]:
+    """Ray Data's map workers, by their process title."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"MapBatches(EmbedWorker)" in title:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_a_sigkilled_worker_is_retried_and_every_row_is_still_there_once(
+    local_ray, english_export, corpus, reference, tmp_path
+):
+    output, killed = tmp_path / "out", []
+
+    def kill_one_worker_mid_run() -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline and len(list(output.glob("part-*.parquet"))) < 2:
+            time.sleep(0.02)
+        if pids := map_worker_pids():
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    killer = threading.Thread(target=kill_one_worker_mid_run)
+    killer.start()
+    summary = embed_parts(corpus, output, english_export, id_field="id", precision="fp32",
+                          workers=2, part_rows=25)  # fmt: skip
+    killer.join()
+    assert killed, "no worker was running to be killed"
+    assert summary.parts == 40 and summary.stats.docs == 1000
+    assert_exactly_once_and_equal(output, reference)
+
+
+def test_resume_after_the_driver_was_killed_embeds_only_the_missing_parts(
+    english_export, corpus, reference, tmp_path
+):
+    output = tmp_path / "out"
+    args = [sys.executable, "-m", "albert_onnx", "embed", str(corpus), "-o", str(output),
+            "--ray", "--workers", "1", "--part-rows", "25", "--id-field", "id",
+            "--precision", "fp32", "--provider", "cpu", "--model", str(english_export)]  # fmt: skip
+    driver = subprocess.Popen(args, env=OFFLINE_ENV, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and len(list(output.glob("part-*.parquet"))) < 3:
+        time.sleep(0.02)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    done_before = len(list(output.glob("part-*.parquet")))
+    assert 3 <= done_before < 40 and not (output / "_manifest.json").exists()
+
+    original = corpus.read_bytes()
+    pq.write_table(pq.read_table(corpus).slice(0, 999), corpus)  # the input changed
+    try:
+        refused = subprocess.run([*args, "--resume"], env=OFFLINE_ENV, capture_output=True,
+                                 text=True, timeout=TIMEOUT, start_new_session=True)  # fmt: skip
+    finally:
+        corpus.write_bytes(original)
+    assert refused.returncode == 1 and "the input changed" in refused.stderr
+
+    resumed = subprocess.run([*args, "--resume"], env=OFFLINE_ENV, capture_output=True,
+                             text=True, timeout=TIMEOUT, start_new_session=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"wrote 40 parts ({40 - done_before} embedded by this run)" in resumed.stdout
+    assert_exactly_once_and_equal(output, reference)
