@@ -1,11 +1,11 @@
-"""The corpus job behind `albert-onnx embed`: a JSONL corpus through every stage into one
-output, in input order, resumably.
+"""The corpus job behind `albert-onnx embed`: a corpus (any format `reader.py` reads) through
+every stage into one output, in input order, resumably.
 
 reader -> windows (grouped and tokenized a window ahead, in a background thread) ->
 Embedder (bucketer, session, pooling) -> writer (one atomic shard per window, then the
 final file). With each shard the state records how far the reader got (lines, bytes and
 their sha256) and the counts so far, so `--resume` proves the corpus unchanged up to there,
-seeks past it and finishes with the same counts and bytes as an uninterrupted run.
+goes on after it and finishes with the same counts and bytes as an uninterrupted run.
 """
 
 from __future__ import annotations

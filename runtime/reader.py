@@ -18,18 +18,18 @@ line, found while reading, not after the embedding is done.
 
 The reader also fingerprints what it has consumed, so that a resumed run can prove the
 corpus before its resume point is the one the interrupted run embedded. Line-based files
-record the byte count and sha256 of the lines read so far (appending lines stays allowed,
-and a plain file is seeked past the verified prefix); tabular files cannot be cut by
-bytes, so their fingerprint is the whole file's.
+record the byte count and sha256 of the lines read so far (appending lines stays allowed;
+resuming reads and hashes that prefix again before going on); tabular files cannot be cut
+by bytes, so their fingerprint is the whole file's.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,24 +240,33 @@ class LineReader:
 
     def _open(self) -> BinaryIO:
         if str(self.path) == STDIN:
-            return io.BufferedReader(sys.stdin.buffer)  # type: ignore[arg-type]
+            head = sys.stdin.buffer.peek(4)[:4]
+            found = next((what for magic, what in MAGIC.items() if head.startswith(magic)), None)
+            if found:
+                raise CorpusError(f"standard input is {found}, not JSONL text")
+            return sys.stdin.buffer
         if self.path.name.lower().endswith(".gz"):
             return gzip.open(self.path, "rb")  # type: ignore[return-value]
         return open(self.path, "rb")
 
     def __iter__(self) -> Iterator[Item]:
-        with self._open() as f:
-            self._skip_verified_prefix(f)
-            for raw in f:
-                self._lines += 1
-                self._bytes += len(raw)
-                self._digest.update(raw)
-                if self._lines == 1 and raw.startswith(BOM):
-                    raw = raw[len(BOM) :]
-                item = self._parse(raw)
-                if isinstance(item, BadLine) and self.on_error == "raise":
-                    raise CorpusError(f"{self.path}:{item.line}: {item.reason}")
-                yield item
+        try:
+            with self._open() as f:
+                self._skip_verified_prefix(f)
+                for raw in f:
+                    self._lines += 1
+                    self._bytes += len(raw)
+                    self._digest.update(raw)
+                    if self._lines == 1 and raw.startswith(BOM):
+                        raw = raw[len(BOM) :]
+                    item = self._parse(raw)
+                    if isinstance(item, BadLine) and self.on_error == "raise":
+                        raise CorpusError(f"{self.path}:{item.line}: {item.reason}")
+                    yield item
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # a cut or corrupt .gz
+            raise CorpusError(
+                f"{self.path}: the gzip stream is broken after line {self._lines:,} ({exc})"
+            ) from exc
 
     def _skip_verified_prefix(self, f: BinaryIO) -> None:
         """Hash the first START.bytes bytes (of the decompressed stream, for gzip) and refuse

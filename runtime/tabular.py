@@ -1,29 +1,46 @@
-"""Tabular corpora: Parquet, CSV and TSV, streamed with pyarrow in constant memory.
+"""Tabular corpora: Parquet, CSV and TSV, streamed in constant memory.
 
-Parquet is read a row group at a time (memory follows the file's row-group size); CSV and
-TSV by pyarrow's streaming CSV reader, which handles the header, quoted fields and
-newlines inside values. Errors name `FILE:ROW` (1 = the first data row). A text column that
-is not text, or a missing column, stops at once: it is the file that is wrong, not a row.
-A null text or id is a bad row. CSV cells are text, so CSV ids are strings (their exact
-cell text); Parquet ids follow their column's type.
+Parquet is read with pyarrow a row group at a time (memory follows the file's row-group
+size; `iter_batches` reads ahead and held 2.5x more). CSV and TSV are read with Python's
+`csv` module, one row at a time: it handles the header, quotes and newlines inside values,
+and, unlike pyarrow's reader (which drops a malformed row and cannot say where it was),
+lets every row keep its number. Errors name `FILE:ROW`, 1 being the first data row; every
+data row counts, blank and malformed ones included.
 
-A tabular file cannot be cut by bytes, so its fingerprint is the whole file's size and
-sha256: resuming refuses a file that changed at all, then skips the rows already done.
+A missing column, or a Parquet text column that is not text, stops at once: it is the file
+that is wrong. A null or non-UTF-8 value, or a CSV row with the wrong number of fields, is
+a bad row. CSV cells are text, so CSV ids are strings (the cells' exact text); Parquet ids
+follow their column's type. A tabular file cannot be cut by bytes, so its fingerprint is
+the whole file's size and sha256: resuming refuses a file that changed at all, then skips
+the rows already done.
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
+import io
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from albert_onnx.errors import CorpusError
 from albert_onnx.runtime.options import OnError
-from albert_onnx.runtime.reader import BadLine, IdKind, IdRule, Item, Position, Record, text_problem
+from albert_onnx.runtime.reader import (
+    BadLine,
+    Blank,
+    IdKind,
+    IdRule,
+    Item,
+    Position,
+    Record,
+    text_problem,
+)
+from albert_onnx.runtime.tokenizer import lone_surrogate
 
 BATCH_ROWS = 256
-CSV_BLOCK_BYTES = 1 << 20
 
 
 def _file_fingerprint(path: Path) -> tuple[int, str]:
@@ -34,7 +51,21 @@ def _file_fingerprint(path: Path) -> tuple[int, str]:
     return path.stat().st_size, digest.hexdigest()
 
 
+@contextmanager
+def _csv_field_limit() -> Iterator[None]:
+    """The csv module refuses fields over 131,072 characters; a document may be longer.
+    The limit is the module's, so it is raised for the read and put back after."""
+    previous = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
 class TabularReader:
+    """Rows of a Parquet, CSV or TSV file as records, blank rows and bad rows."""
+
     unit = "row"
 
     def __init__(
@@ -46,39 +77,16 @@ class TabularReader:
         on_error: OnError,
         start: Position | None,
     ) -> None:
-        import pyarrow as pa
-
         self.path, self.format = path, fmt
         self.text_field, self.id_field = text_field, id_field
         self.on_error = on_error
         self._size, self._sha256 = _file_fingerprint(path)
         self._skip = self._rows = 0
-        self._malformed_rows: list[str] = []  # filled by pyarrow's hook while it parses
-        schema = self._schema()
-        self._malformed_rows.clear()  # the first block is parsed again when reading starts
+        columns = self._parquet_columns() if fmt == "parquet" else self._csv_header()
         for field in filter(None, (text_field, id_field)):
-            if field not in schema.names:
-                raise CorpusError(f"{path}: no column '{field}' (it has {', '.join(schema.names)})")
-
-        def textual(name: str) -> bool:
-            kind = schema.field(name).type
-            return pa.types.is_string(kind) or pa.types.is_large_string(kind)
-
-        if not textual(text_field):
-            raise CorpusError(
-                f"{path}: column '{text_field}' is {schema.field(text_field).type}, not text"
-            )
-        kind: IdKind | None = "int"
-        if id_field is not None:
-            id_type = schema.field(id_field).type
-            if pa.types.is_integer(id_type):
-                kind = "int"
-            elif textual(id_field):
-                kind = "str"
-            else:
-                raise CorpusError(
-                    f"{path}: column '{id_field}' is {id_type}; ids must be integers or strings"
-                )
+            if field not in columns:
+                raise CorpusError(f"{path}: no column '{field}' (it has {', '.join(columns)})")
+        kind = self._parquet_id_kind() if fmt == "parquet" else "str" if id_field else "int"
         self._ids = IdRule(id_field, kind)
         self.start = Position(0, self._size, self._sha256, kind)
         if start is not None:
@@ -102,106 +110,130 @@ class TabularReader:
     def position(self) -> Position:
         return Position(self._rows, self._size, self._sha256, self.id_kind)
 
-    # -- formats ---------------------------------------------------------------------------
-
-    def _schema(self):
-        if self.format == "parquet":
-            import pyarrow.parquet as pq
-
-            return pq.read_schema(self.path)
-        with self._csv() as reader:
-            return reader.schema
-
-    @contextmanager
-    def _csv(self) -> Iterator:
-        """pyarrow's streaming CSV reader (it parses the first block on opening); its errors
-        become one CorpusError naming the file."""
-        import pyarrow as pa
-        import pyarrow.csv as csv
-
-        columns = [c for c in (self.text_field, self.id_field) if c]
-        stream = pa.input_stream(
-            str(self.path), compression="gzip" if self.path.name.endswith(".gz") else None
-        )
-        try:
-            with csv.open_csv(
-                stream,
-                read_options=csv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-                parse_options=csv.ParseOptions(
-                    delimiter="\t" if self.format == "tsv" else ",",
-                    newlines_in_values=True,
-                    invalid_row_handler=self._malformed,
-                ),
-                convert_options=csv.ConvertOptions(
-                    include_columns=columns,
-                    column_types={c: pa.string() for c in columns},
-                    strings_can_be_null=False,
-                ),
-            ) as reader:
-                yield reader
-        except pa.ArrowInvalid as exc:  # a malformed row (raise mode), or cells not UTF-8
-            reason = self._malformed_rows[-1] if self._malformed_rows else str(exc)
-            raise CorpusError(f"{self.path}: {reason}") from exc
-
-    def _malformed(self, row) -> str:
-        """pyarrow's hook for a row with the wrong number of fields. Exceptions raised here
-        are swallowed by pyarrow, so in raise mode the reason is kept and "error" returned;
-        `_batches` turns pyarrow's error into one that says it."""
-        text = row.text if len(row.text) <= 80 else row.text[:77] + "..."
-        reason = (
-            f"a malformed row ({row.actual_columns} fields, expected {row.expected_columns}): "
-            f"{text}"
-        )
-        self._malformed_rows.append(reason)
-        return "error" if self.on_error == "raise" else "skip"
-
-    def _batches(self) -> Iterator:
-        columns = [c for c in (self.text_field, self.id_field) if c]
-        if self.format == "parquet":
-            import pyarrow.parquet as pq
-
-            # one row group at a time: iter_batches reads ahead and held 2.5x the memory
-            with pq.ParquetFile(self.path) as parquet:
-                for group in range(parquet.num_row_groups):
-                    table = parquet.read_row_group(group, columns=columns, use_threads=False)
-                    yield from table.to_batches(max_chunksize=BATCH_ROWS)
-                    del table
-            return
-        with self._csv() as reader:
-            yield from reader
-
-    # -- records ---------------------------------------------------------------------------
-
     def __iter__(self) -> Iterator[Item]:
-        skip = self._skip
-        for batch in self._batches():
-            if skip <= 0:  # bad rows pyarrow set aside in this block (reported before, if skipped)
-                yield from (BadLine(self._rows + 1, reason) for reason in self._malformed_rows)
-            self._malformed_rows.clear()
-            if skip >= batch.num_rows:
-                skip -= batch.num_rows
-                continue
-            batch, skip = batch.slice(skip), 0
-            texts = batch.column(self.text_field).to_pylist()
-            ids = batch.column(self.id_field).to_pylist() if self.id_field else None
-            for i, text in enumerate(texts):
-                self._rows += 1
-                item = self._record(text, ids[i] if ids is not None else self._rows)
-                if isinstance(item, BadLine) and self.on_error == "raise":
-                    raise CorpusError(f"{self.path}:{item.line}: {item.reason}")
-                yield item
+        rows = self._parquet_rows() if self.format == "parquet" else self._csv_rows()
+        for item in rows:
+            if isinstance(item, BadLine) and self.on_error == "raise":
+                raise CorpusError(f"{self.path}:{item.line}: {item.reason}")
+            yield item
 
-    def _record(self, text: object, identifier: object) -> Item:
-        number = self._rows
+    def _record(self, number: int, text: object, identifier: object) -> Item:
         if text is None:
             return BadLine(number, f"field '{self.text_field}' is null")
         reason = text_problem(self.text_field, text)
         if reason:
             return BadLine(number, reason)
-        if self.id_field is not None:
-            if identifier is None:
-                return BadLine(number, f"field '{self.id_field}' is null")
-            reason = self._ids.check(identifier)
-            if reason:
-                return BadLine(number, reason)
-        return Record(number, identifier, text)
+        if self.id_field is None:
+            return Record(number, number, text)
+        if identifier is None:
+            return BadLine(number, f"field '{self.id_field}' is null")
+        reason = self._ids.check(identifier)
+        return BadLine(number, reason) if reason else Record(number, identifier, text)
+
+    # -- Parquet ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _parquet(self) -> Iterator:
+        """The open file; pyarrow's errors (a corrupt or cut file) become one CorpusError."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            with pq.ParquetFile(self.path) as parquet:
+                yield parquet
+        except (pa.ArrowException, OSError) as exc:
+            raise CorpusError(f"{self.path}: not a readable Parquet file ({exc})") from exc
+
+    def _parquet_columns(self) -> list[str]:
+        with self._parquet() as parquet:
+            self._schema = parquet.schema_arrow
+        return self._schema.names
+
+    def _parquet_id_kind(self) -> IdKind:
+        import pyarrow as pa
+
+        def textual(name: str) -> bool:
+            kind = self._schema.field(name).type
+            return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+        if not textual(self.text_field):
+            found = self._schema.field(self.text_field).type
+            raise CorpusError(f"{self.path}: column '{self.text_field}' is {found}, not text")
+        if self.id_field is None:
+            return "int"
+        id_type = self._schema.field(self.id_field).type
+        if pa.types.is_integer(id_type):
+            return "int"
+        if textual(self.id_field):
+            return "str"
+        raise CorpusError(
+            f"{self.path}: column '{self.id_field}' is {id_type}; ids must be integers or strings"
+        )
+
+    def _parquet_rows(self) -> Iterator[Item]:
+        columns = [c for c in (self.text_field, self.id_field) if c]
+        with self._parquet() as parquet:
+            skip = self._skip
+            for group in range(parquet.num_row_groups):
+                count = parquet.metadata.row_group(group).num_rows
+                if skip >= count:  # resuming: whole row groups are skipped unread
+                    skip -= count
+                    continue
+                table = parquet.read_row_group(group, columns=columns, use_threads=False)
+                for batch in table.slice(skip).to_batches(max_chunksize=BATCH_ROWS):
+                    texts = batch.column(self.text_field).to_pylist()
+                    ids = batch.column(self.id_field).to_pylist() if self.id_field else None
+                    for i, text in enumerate(texts):
+                        self._rows += 1
+                        yield self._record(self._rows, text, ids[i] if ids else None)
+                skip = 0
+
+    # -- CSV and TSV -----------------------------------------------------------------------
+
+    @contextmanager
+    def _csv(self) -> Iterator:
+        """The csv reader over the (decompressed) file, and the header's columns. Bytes that
+        are not UTF-8 are kept as surrogates, so that only their row is bad, not the file."""
+        opener = gzip.open if self.path.name.lower().endswith(".gz") else open
+        with (
+            opener(self.path, "rb") as binary,
+            io.TextIOWrapper(
+                binary, encoding="utf-8-sig", errors="surrogateescape", newline=""
+            ) as text,  # fmt: skip
+            _csv_field_limit(),
+        ):
+            reader = csv.reader(text, delimiter="\t" if self.format == "tsv" else ",")
+            try:
+                header = next(reader, [])
+                yield reader, header
+            except csv.Error as exc:  # an unclosed quote at the end, a NUL byte
+                raise CorpusError(f"{self.path}: line {reader.line_num}: {exc}") from exc
+            except (EOFError, OSError, zlib.error) as exc:  # a cut or corrupt .gz
+                raise CorpusError(f"{self.path}: {exc}") from exc
+
+    def _csv_header(self) -> list[str]:
+        with self._csv() as (_, header):
+            return header
+
+    def _csv_rows(self) -> Iterator[Item]:
+        with self._csv() as (reader, header):
+            text_at = header.index(self.text_field)
+            id_at = header.index(self.id_field) if self.id_field else None
+            for number, row in enumerate(reader, start=1):
+                if number <= self._skip:
+                    continue
+                self._rows = number
+                if not row:
+                    yield Blank(number)
+                elif len(row) != len(header):
+                    yield BadLine(number, f"has {len(row)} fields, the header {len(header)}")
+                else:
+                    identifier = row[id_at] if id_at is not None else None
+                    yield self._csv_record(number, row[text_at], identifier)
+
+    def _csv_record(self, number: int, text: str, identifier: str | None) -> Item:
+        for field, value in ((self.text_field, text), (self.id_field, identifier)):
+            # undecodable bytes were kept as lone surrogates (surrogateescape)
+            if value is not None and lone_surrogate(value) is not None:
+                return BadLine(number, f"field '{field}' is not valid UTF-8")
+        return self._record(number, text, identifier)

@@ -100,6 +100,13 @@ class TestEveryFormat:
         expected = embedder.embed(["first line", "third line", "fourth"])
         assert np.abs(vectors - expected).max() < 1e-5
 
+    def test_txt_gz(self, embedder, tmp_path):
+        path = tmp_path / "c.txt.gz"
+        path.write_bytes(gzip.compress(b"one\ntwo\n"))
+        embed_corpus(embedder, path, tmp_path / "v.npz")
+        got_ids, vectors = read_npz(tmp_path / "v.npz")
+        assert got_ids == [1, 2] and np.abs(vectors - embedder.embed(["one", "two"])).max() < 1e-5
+
     def test_jsonl_gz(self, embedder, expected, tmp_path):
         path = tmp_path / "c.jsonl.gz"
         rows = "".join(json.dumps({"text": t, "id": f"g{i}"}) + "\n" for i, t in enumerate(TEXTS))
@@ -124,6 +131,12 @@ class TestEveryFormat:
             input=rows, capture_output=True, text=True, env=OFFLINE_ENV, timeout=600,
         )  # fmt: skip
         assert again.returncode == 1 and "standard input cannot be read again" in again.stderr
+        zipped = subprocess.run(
+            [sys.executable, "-m", "albert_onnx", *map(str, args), "--force"],
+            input=gzip.compress(rows.encode()), capture_output=True, env=OFFLINE_ENV, timeout=600,
+        )  # fmt: skip
+        assert zipped.returncode == 1
+        assert b"standard input is gzip-compressed, not JSONL text" in zipped.stderr
 
 
 class TestBadRows:
@@ -142,16 +155,34 @@ class TestBadRows:
         ]
         assert summary.stats.docs == 2
 
-    def test_csv_malformed_row(self, embedder, tmp_path):
+    def test_csv_malformed_row_keeps_every_rows_number(self, embedder, tmp_path):
         path = tmp_path / "c.csv"
-        path.write_text('doc,body\n1,fine\n2,"too",many,fields\n3,also fine\n', encoding="utf-8")
-        with pytest.raises(
-            CorpusError, match=r'c\.csv: a malformed row \(4 fields, expected 2\): 2,"too"'
-        ):
+        path.write_text(
+            'doc,body\n1,fine\n2,"too",many,fields\n\n4,"quoted, with\na newline"\n',
+            encoding="utf-8",
+        )
+        with pytest.raises(CorpusError, match=r"c\.csv:2: has 4 fields, the header 2"):
+            embed_corpus(embedder, path, tmp_path / "v.npz", text_field="body", id_field="doc")
+        summary = embed_corpus(embedder, path, tmp_path / "v.npz", text_field="body",
+                               on_error="skip", force=True)  # fmt: skip
+        assert read_npz(tmp_path / "v.npz")[0] == [1, 4]  # row numbers: the bad and blank count
+        assert (summary.stats.skipped, summary.stats.blank_lines) == (1, 1)
+        errors = (tmp_path / "v.npz.errors.jsonl").read_text()
+        assert json.loads(errors) == {"row": 2, "reason": "has 4 fields, the header 2"}
+
+    def test_csv_cell_that_is_not_utf8_is_a_bad_row(self, embedder, tmp_path):
+        path = tmp_path / "c.csv"
+        path.write_bytes(b"doc,body\n1,fine\n2,caf\xe9\n3,fine too\n")
+        with pytest.raises(CorpusError, match=r"c\.csv:2: field 'body' is not valid UTF-8"):
             embed_corpus(embedder, path, tmp_path / "v.npz", text_field="body", id_field="doc")
         embed_corpus(embedder, path, tmp_path / "v.npz", text_field="body", id_field="doc",
                      on_error="skip", force=True)  # fmt: skip
         assert read_npz(tmp_path / "v.npz")[0] == ["1", "3"]
+
+    def test_csv_missing_column(self, embedder, tmp_path):
+        path = write_csv(tmp_path / "c.csv", [["1", "x"]])
+        with pytest.raises(CorpusError, match=r"no column 'text' \(it has doc, body\)"):
+            embed_corpus(embedder, path, tmp_path / "v.npz")
 
     def test_txt_invalid_utf8_names_the_line(self, embedder, tmp_path):
         path = tmp_path / "c.txt"
@@ -187,6 +218,10 @@ class TestBadRows:
         ("c.parquet", b"doc,body\n", "not a Parquet file"),
         ("c.jsonl.gz", b'{"text": "x"}\n', "named .gz but not gzip-compressed"),
         ("c.xlsx", b"PK\x03\x04", "unknown input format"),
+        ("c.parquet", b"PAR1 and then nothing a Parquet reader wants",
+         "not a readable Parquet file"),
+        ("c.jsonl.gz", gzip.compress(b'{"text": "x"}\n' * 1000)[:60],
+         "the gzip stream is broken after line"),
     ],
 )  # fmt: skip
 def test_content_that_disagrees_with_the_name_is_one_sentence(
