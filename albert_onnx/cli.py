@@ -18,6 +18,7 @@ from rich.table import Table
 from albert_onnx.errors import AlbertOnnxError, CorpusError, ManifestError
 from albert_onnx.runtime.manifest import verified_file
 from albert_onnx.runtime.options import Dtype, LongTexts, OnError, Pooling, Precision, Provider
+from albert_onnx.runtime.ray_data import PART_ROWS
 from albert_onnx.runtime.windows import WINDOW_TEXTS
 
 SHORT_OP = {
@@ -205,7 +206,9 @@ def embed(
         int | None, typer.Option(help="--ray: workers (default: the cluster's CPUs / threads).")
     ] = None,
     threads_per_worker: Annotated[int, typer.Option(help="--ray: CPU threads per worker.")] = 1,
-    part_rows: Annotated[int, typer.Option(help="--ray: records per part (and per block).")] = 4096,
+    part_rows: Annotated[
+        int, typer.Option(help="--ray: records per part (and per block).")
+    ] = PART_ROWS,
 ) -> None:
     """Embed a corpus; vectors are written in input order with their ids."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -214,6 +217,17 @@ def embed(
     from albert_onnx.runtime.job import embed_corpus
     from albert_onnx.runtime.options import check_positive
 
+    ray_only = {
+        "--ray-address": ray_address is not None,
+        "--workers": workers is not None,
+        "--threads-per-worker": threads_per_worker != 1,
+        "--part-rows": part_rows != PART_ROWS,
+    }
+    single_only = {"--window-texts": window_texts != WINDOW_TEXTS, "--threads": threads is not None,
+                   "--device-id": device_id is not None}  # fmt: skip
+    misplaced = [name for name, given in (single_only if ray else ray_only).items() if given]
+    if misplaced:
+        raise fail(f"{', '.join(misplaced)} {'do not apply with' if ray else 'need'} --ray")
     if ray:
         with reported():
             from albert_onnx.runtime.ray_data import embed_parts
@@ -226,7 +240,7 @@ def embed(
                 workers=workers, threads_per_worker=threads_per_worker, part_rows=part_rows,
                 address=ray_address, resume=resume, force=force,
             )  # fmt: skip
-        _print_summary(done.stats, done.stats, 0)
+        _print_summary(done.stats, done.run, 0)
         out.print(
             f"wrote {done.parts:,} parts ({done.parts_embedded:,} embedded by this run) and "
             f"the manifest to {done.output}",

@@ -86,7 +86,8 @@ def main() -> None:
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scale_out.json").write_text(json.dumps(report, indent=2) + "\n")
+    name = "scale_out" if args.texts == 20_000 else f"scale_out_{args.texts}"
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     machine = report["machine"]
     lines = ["| run | texts/s | tokens/s | seconds | Ray overhead |", "|---|---|---|---|---|"]
     lines += [
@@ -94,7 +95,7 @@ def main() -> None:
         f"{r['seconds']:.1f} | {r['overhead_vs_single']:+.1%} |"
         for r in rows
     ]
-    (args.out / "scale_out.md").write_text(
+    (args.out / f"{name}.md").write_text(
         f"# Scale out on one machine ({machine['cpu']}, {machine['threads']} threads, flags "
         f"{' '.join(machine['flags'])})\n\n"
         f"Command: `{report['command']}`  \n"
@@ -105,7 +106,7 @@ def main() -> None:
         + f"\n\nRay's start (a local instance): {ray_start:.1f} s, not in the rows above. "
         f"Per core, single process: {report['per_core_tokens_per_s']:,.0f} tokens/s.\n"
     )
-    print((args.out / "scale_out.md").read_text())
+    print((args.out / f"{name}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -1,29 +1,36 @@
 """Scale out with Ray Data: `embed_dataset` for Ray pipelines, and the corpus job behind
-`albert-onnx embed --ray`.
+`albert-onnx embed --ray` (`embed_parts`).
 
-Each worker is a Ray actor holding one `Embedder` (a callable class for `map_batches`,
-`concurrency` = workers, `num_cpus` = threads per worker), built once per worker, and each
-block is length-bucketed under the token budget like the single-process path. The model
-directory travels through the object store, so workers need no shared file system; each
-worker writes it to a private temporary directory and `Embedder` checks every file's
-sha256 against the manifest before use.
+Each worker is a Ray actor holding one `Embedder` (a callable class for `map_batches`, an
+actor pool of `workers`, `num_cpus` = threads per worker, one GPU each on CUDA), built once
+per worker; each block is length-bucketed under the token budget like the single-process
+path. The model directory travels through the object store, so workers need no shared file
+system: a worker writes it once per node (under a name made of the manifest's sha256) and
+`Embedder` checks every file's sha256 against the manifest before use.
 
-The corpus job (`embed_parts`) reads the input on the driver with the single-process reader
-(every format, the same id rule, bad rows and fingerprint), cuts it into parts of
-`part_rows` records, and puts each part in the object store as one block. Ray Data embeds
-the blocks; the driver writes each part's vectors as `part-NNNNNN.parquet` under the output
-directory, through a temporary name, as the results stream back; `_manifest.json` is
-written last. Exactly once: a part's rows only reach a file through its one rename, and a
-worker killed mid-part is restarted by Ray (actor pools default to unlimited restarts and
-task retries), its part run again. Resume: parts are deterministic (the N-th `part_rows`
-records), so a rerun with `--resume` checks the input's fingerprint and the settings, and
-embeds only the parts whose files are missing. Ray Data's own `write_parquet` names its
-files with a per-run uuid and task index, which is why the driver writes the parts itself.
+`embed_parts` reads the input on the driver with the single-process reader (every format,
+the same id rule, bad rows and fingerprint), cuts the records into parts of `part_rows`
+(the N-th part is always the same records) and puts each part in the object store as one
+block; Ray Data embeds the blocks; the driver writes each part's vectors to
+`part-NNNNNN.parquet` (through a temporary name, fsynced) as they stream back, and writes
+`_manifest.json` last. Ray Data's own `write_parquet` names its files by run and task, not
+by input block, which is why the driver writes the parts.
+
+Exactly once: each row carries its index in the corpus; a part is written only when it
+holds exactly its rows, duplicates (a retried task's second delivery) dropped, and only
+once. A worker killed mid-part is restarted and its part run again (up to RETRIES times).
+Resume: the settings and the input's fingerprint must match the interrupted run's, and
+only the parts whose files are missing are embedded.
+
+Not streamed: the driver reads the whole input into the object store before the workers
+start, and every vector comes back through it (see README, "Scale out with Ray").
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -34,22 +41,28 @@ from typing import Any, Literal
 
 import numpy as np
 
-from albert_onnx.errors import AlbertOnnxError, OptionError, OutputError
-from albert_onnx.runtime.files import atomic_write, overlap, replacing, sidecar
+from albert_onnx.errors import AlbertOnnxError, CorpusError, OptionError, OutputError
+from albert_onnx.runtime.files import atomic_write, fsync_dir, overlap, replacing, sidecar
+from albert_onnx.runtime.manifest import MANIFEST_NAME
 from albert_onnx.runtime.model_dir import ModelDir
 from albert_onnx.runtime.options import (
     Dtype,
+    LongTexts,
     OnError,
+    Precision,
     check_choice,
     check_field,
     check_positive,
 )
 from albert_onnx.runtime.output_lock import OutputLock
-from albert_onnx.runtime.reader import BadLine, Blank, Record, open_corpus
+from albert_onnx.runtime.reader import STDIN, BadLine, Blank, Record, open_corpus
+from albert_onnx.runtime.session import plan
 from albert_onnx.runtime.stats import Stats, count_duplicates
 
 PART_ROWS = 4096
-STATE, MANIFEST, ERRORS = "_state.json", "_manifest.json", "_errors.jsonl"
+RETRIES = 3  # restarts of a killed worker, and retries of its task, before the job fails
+STATE, INPUT, MANIFEST, ERRORS = "_state.json", "_input.json", "_manifest.json", "_errors.jsonl"
+TOOK = ("tokens", "truncated", "unknown_script")  # per-row counts that come back with vectors
 
 
 def _ray():
@@ -60,63 +73,86 @@ def _ray():
     return ray
 
 
-def model_files(model: ModelDir) -> dict[str, bytes]:
-    """Every file of the model directory, for the object store, after the graphs and the
-    tokenizer were checked against the manifest here (each worker checks them again)."""
+@dataclass(frozen=True)
+class WorkerModel:
+    """What a worker needs to build its Embedder: the model's files, and their identity."""
+
+    files: dict[str, bytes]
+    key: str  # the manifest's sha256: one copy per node per model, whatever the restarts
+
+
+def worker_model(model: ModelDir) -> WorkerModel:
+    """The model directory's files, after the graphs and the tokenizer were checked against
+    the manifest here (each worker checks them again)."""
     for precision in model.manifest.variants:
         model.graph(precision)
     model.tokenizer()
-    return {p.name: p.read_bytes() for p in sorted(model.directory.iterdir()) if p.is_file()}
+    files = {p.name: p.read_bytes() for p in sorted(model.directory.iterdir()) if p.is_file()}
+    return WorkerModel(files, hashlib.sha256(files[MANIFEST_NAME]).hexdigest()[:32])
+
+
+def _materialize(model: WorkerModel) -> Path:
+    """The model as a directory on this node: written once, renamed into place."""
+    target = Path(tempfile.gettempdir()) / f"albert-onnx-model-{model.key}"
+    if not target.is_dir():
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-"))
+        for name, data in model.files.items():
+            (staging / name).write_bytes(data)
+        try:
+            staging.rename(target)
+        except OSError:  # another worker on this node was first: its copy is the same
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 class EmbedWorker:
-    """A Ray Data worker: one Embedder, built from the model files once per actor."""
+    """A Ray Data worker: one Embedder, built once per actor."""
 
-    def __init__(self, files: Any, options: dict[str, Any], text_column: str, id_column: str):
+    def __init__(self, model: Any, options: dict[str, Any], text_column: str, id_column: str):
         import ray
 
         from albert_onnx.runtime.embedder import Embedder
 
-        if isinstance(files, ray.ObjectRef):
-            files = ray.get(files)
-        self.directory = Path(tempfile.mkdtemp(prefix="albert-onnx-model-"))
-        for name, data in files.items():
-            (self.directory / name).write_bytes(data)
+        if isinstance(model, ray.ObjectRef):
+            model = ray.get(model)
+        options = dict(options)
         self.dtype = options.pop("dtype")
-        self.embedder = Embedder(self.directory, **options)  # checks every sha256
+        self.embedder = Embedder(_materialize(model), **options)  # checks every sha256
         self.text_column, self.id_column = text_column, id_column
 
     def __call__(self, batch):
-        """BATCH (a pyarrow Table) -> its id column, `vector` (fixed-size list), and what
-        embedding each row took; a `part` column, when there is one, is kept."""
+        """BATCH (a pyarrow Table) -> its id column, `vector` (a fixed-size list) and what
+        embedding each row took (`tokens`, `truncated`, `unknown_script`; `padded_tokens`,
+        the batch's, on every row); `part` and `row` columns, when present, are kept."""
         import pyarrow as pa
 
         texts = batch.column(self.text_column).to_pylist()
+        if None in texts:
+            raise CorpusError(f"column '{self.text_column}' holds a null text")
         docs = self.embedder.tokenize(texts)
         vectors, stats = self.embedder.embed_docs(docs)
         value = pa.float16() if self.dtype == "float16" else pa.float32()
         flat = pa.array(np.ascontiguousarray(vectors, dtype=self.dtype).reshape(-1), type=value)
-        columns = {
+        kept = [c for c in ("part", "row") if c in batch.column_names]
+        return pa.table({
+            **{c: batch.column(c) for c in kept},
             self.id_column: batch.column(self.id_column),
             "vector": pa.FixedSizeListArray.from_arrays(flat, self.embedder.dimension),
             "tokens": pa.array([len(doc[0]) for doc in docs], type=pa.int32()),
             "truncated": pa.array([doc[0].truncated for doc in docs]),
             "unknown_script": pa.array([doc[0].mostly_unknown for doc in docs]),
             "padded_tokens": pa.array([stats.padded_tokens] * len(docs), type=pa.int64()),
-        }
-        if "part" in batch.column_names:
-            columns = {"part": batch.column("part"), **columns}
-        return pa.table(columns)
+        })  # fmt: skip
 
 
-def _map(dataset, files_ref, options: dict, text_column: str, id_column: str, workers: int,
+def _map(dataset, model_ref, options: dict, text_column: str, id_column: str, workers: int,
          threads: int):  # fmt: skip
     import ray
 
     return dataset.map_batches(
         EmbedWorker,
         fn_constructor_kwargs={
-            "files": files_ref,
+            "model": model_ref,
             "options": {**options, "threads": threads},
             "text_column": text_column,
             "id_column": id_column,
@@ -126,19 +162,35 @@ def _map(dataset, files_ref, options: dict, text_column: str, id_column: str, wo
         compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=threads,
         num_gpus=1 if options["provider"] == "cuda" else 0,
+        max_restarts=RETRIES,  # Ray Data's default is unlimited: a part that always
+        max_task_retries=RETRIES,  # crashes its worker would loop forever
     )
 
 
 def _embedder_options(
-    provider, precision, pooling, normalize, dtype, max_batch_tokens=None, long_texts="truncate"
+    model: ModelDir,
+    provider: str,
+    precision: str,
+    pooling: str | None,
+    normalize: bool | None,
+    dtype: str,
+    max_batch_tokens: int | None,
+    long_texts: str,
 ) -> dict[str, Any]:
-    """The workers' Embedder options (the Embedder checks them again where it is built).
-    A worker runs on the CPU unless CUDA is asked for, then it holds one GPU."""
+    """The workers' Embedder options, checked here on the driver (a mistake found inside an
+    actor comes back as a Ray traceback, late), with the precision resolved."""
     check_choice("dtype", dtype, Dtype)
     check_choice("provider", provider, Literal["cpu", "cuda"])
+    check_choice("precision", precision, Precision)
+    check_choice("long_texts", long_texts, LongTexts)
+    if max_batch_tokens is not None:
+        check_positive("max_batch_tokens", max_batch_tokens)
     if pooling == "none":
         raise OptionError("Ray output holds one vector per row: pooling 'none' is not supported")
-    return {"provider": provider, "precision": precision, "pooling": pooling,
+    variants = set(model.manifest.variants)
+    resolved = plan(provider, precision, variants, cuda=provider == "cuda")[0].precision
+    model.graph(resolved)  # a variant the model lacks is an error now, not in every worker
+    return {"provider": provider, "precision": resolved, "pooling": pooling,
             "normalize": normalize, "max_batch_tokens": max_batch_tokens,
             "long_texts": long_texts, "dtype": dtype}  # fmt: skip
 
@@ -155,24 +207,36 @@ def embed_dataset(
     precision: str = "auto",
     pooling: str | None = None,
     normalize: bool | None = None,
+    max_batch_tokens: int | None = None,
+    long_texts: str = "truncate",
     dtype: Dtype = "float32",
 ):
     """A Ray Dataset of ID_COLUMN, `vector` (and per-row `tokens`, `truncated`,
     `unknown_script`, `padded_tokens`) for DATASET's TEXT_COLUMN, lazily: nothing runs until
-    it is consumed or written. Row order follows Ray Data's `preserve_order` setting."""
+    it is consumed or written. Row order follows Ray Data's `preserve_order` setting. Leave
+    the read stage a CPU of its own (WORKERS below the cluster's CPUs): an actor pool that
+    holds them all leaves Ray Data waiting for resources that never free up."""
     ray = _ray()
     check_positive("workers", workers)
     check_positive("threads_per_worker", threads_per_worker)
-    options = _embedder_options(provider, precision, pooling, normalize, dtype)
-    files = ray.put(model_files(ModelDir.open(model)))
-    return _map(dataset, files, options, text_column, id_column, workers, threads_per_worker)
+    directory = ModelDir.open(model)
+    options = _embedder_options(directory, provider, precision, pooling, normalize, dtype,
+                                max_batch_tokens, long_texts)  # fmt: skip
+    schema = dataset.schema(fetch_if_missing=False)
+    if schema is not None:
+        for column in (text_column, id_column):
+            if column not in schema.names:
+                raise OptionError(f"the dataset has no column '{column}' ({schema.names})")
+    model_ref = ray.put(worker_model(directory))
+    return _map(dataset, model_ref, options, text_column, id_column, workers, threads_per_worker)
 
 
 @dataclass(frozen=True)
 class RaySummary:
-    stats: Stats
+    stats: Stats  # the whole corpus, parts embedded earlier included
+    run: Stats  # this run's parts, and its seconds: what its rates are made of
     parts: int
-    parts_embedded: int  # this run's: fewer than `parts` when resuming
+    parts_embedded: int  # by this run: fewer than `parts` when resuming
     output: str
 
 
@@ -198,58 +262,62 @@ def embed_parts(
     resume: bool = False,
     force: bool = False,
 ) -> RaySummary:
-    """Embed CORPUS into OUTPUT (a directory of Parquet parts) on Ray; see the module doc."""
+    """Embed CORPUS into OUTPUT (a directory of Parquet parts) on Ray; see the module doc.
+    Without ADDRESS (and without a Ray already started by the caller) a local Ray instance
+    is started."""
     start = time.perf_counter()
     ray = _ray()
     check_positive("threads_per_worker", threads_per_worker)
     check_positive("part_rows", part_rows)
+    check_field("text_field", text_field)
+    if id_field is not None:
+        check_field("id_field", id_field)
     if workers is not None:
         check_positive("workers", workers)
     if resume and force:
         raise OptionError("--resume continues a run and --force replaces it: choose one")
+    if address is not None and ray.is_initialized():
+        raise OptionError("Ray is already started in this process: leave the address out")
     output, corpus = Path(output), Path(corpus)
     if output.suffix:
         raise OutputError(f"{output}: with --ray the output is a directory of Parquet parts")
-    options = _embedder_options(
-        provider, precision, pooling, normalize, dtype, max_batch_tokens, long_texts
-    )
-    check_field("text_field", text_field)
-    if id_field is not None:
-        check_field("id_field", id_field)
+    if resume and str(corpus) == STDIN:
+        raise CorpusError("--resume needs a file: standard input cannot be read again")
     model_dir = ModelDir.open(model)
-    files = model_files(model_dir)
+    options = _embedder_options(model_dir, provider, precision, pooling, normalize, dtype,
+                                max_batch_tokens, long_texts)  # fmt: skip
     reader = open_corpus(corpus, text_field, id_field, on_error)
     for name, path in (("the corpus", corpus), ("the model directory", model_dir.directory)):
-        if overlap(output, path):
+        if str(path) != STDIN and overlap(output, path):
             raise OutputError(f"{output} would overwrite {name} ({path}); choose another output")
+    model_files = worker_model(model_dir)
     lock = OutputLock(sidecar(output, ".lock"), output)
     lock.acquire()
     try:
-        if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)  # fmt: skip
-        ray.data.DataContext.get_current().enable_progress_bars = False  # the CLI reports
-        threads = threads_per_worker
-        if workers is None:
-            workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
         settings = {
-            "model_sha256": {n: v.sha256 for n, v in model_dir.manifest.variants.items()},
-            "tokenizer_sha256": model_dir.manifest.tokenizer["sha256"],
-            **options,
-            "text_field": text_field, "id_field": id_field, "on_error": on_error,
-            "part_rows": part_rows, "input_format": reader.format,
+            "model": model_files.key, **options, "text_field": text_field,
+            "id_field": id_field, "on_error": on_error, "part_rows": part_rows,
+            "input_format": reader.format,
         }  # fmt: skip
         done = _open_output(output, settings, resume, force)
+        if not ray.is_initialized():  # a local instance, never one RAY_ADDRESS points to
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)  # fmt: skip
         parts, errors, position, stats = _read_parts(reader, part_rows, done, ray)
         _check_input(output, position)
-        dataset = ray.data.from_arrow_refs([ref for _, ref in parts]) if parts else None
-        embedded = 0
-        if dataset is not None:
-            files_ref = ray.put(files)
-            results = _map(dataset, files_ref, options, "text", "id", workers, threads)
-            expected = {index: rows for (index, rows), _ in parts}
-            embedded = _write_parts(output, results, expected)
-        return _finish(output, settings, position, stats, errors, start, embedded)
+        embedded, run = 0, Stats()
+        if parts:
+            resource = "GPU" if provider == "cuda" else "CPU"
+            available = int(ray.cluster_resources().get(resource, 1))
+            per_worker = 1 if provider == "cuda" else threads_per_worker
+            count = min(workers or max(1, available // per_worker), len(parts))
+            model_ref = ray.put(model_files)
+            dataset = ray.data.from_arrow_refs([ref for _, _, ref in parts])
+            results = _map(dataset, model_ref, options, "text", "id", count, threads_per_worker)
+            expected = {index: rows for index, rows, _ in parts}
+            embedded, run = _write_parts(output, results, expected)
+        run.seconds = time.perf_counter() - start
+        return _finish(output, settings, position, stats, errors, run, embedded)
     finally:
         lock.release()
 
@@ -258,9 +326,11 @@ def _open_output(output: Path, settings: dict, resume: bool, force: bool) -> set
     """Parts already complete (when resuming); a fresh, empty OUTPUT otherwise."""
     state_file = output / STATE
     if resume and state_file.is_file():
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-        changed = sorted(k for k in {*state["settings"], *settings}
-                         if state["settings"].get(k) != settings.get(k))  # fmt: skip
+        try:
+            old = dict(json.loads(state_file.read_text(encoding="utf-8"))["settings"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise OutputError(f"{state_file}: not a state this albert-onnx wrote") from exc
+        changed = sorted(k for k in {*old, *settings} if old.get(k) != settings.get(k))
         if changed:
             raise OutputError(
                 f"{output}: cannot resume, {', '.join(changed)} changed since the interrupted "
@@ -281,17 +351,21 @@ def _open_output(output: Path, settings: dict, resume: bool, force: bool) -> set
 
 
 def _read_parts(reader, part_rows: int, done: set[int], ray):
-    """The corpus in parts of PART_ROWS records; those not DONE go to the object store."""
+    """The corpus in parts of PART_ROWS records (bad and blank lines do not count); those
+    not DONE go to the object store, with each record's index in the corpus."""
     import pyarrow as pa
 
     parts, errors, stats, buffer = [], [], Stats(), []
 
     def flush() -> None:
-        index = (stats.docs - len(buffer)) // part_rows
+        first = stats.docs - len(buffer)
+        index = first // part_rows
         if index not in done:
-            table = pa.table({"part": [index] * len(buffer), "id": [r.id for r in buffer],
-                              "text": [r.text for r in buffer]})  # fmt: skip
-            parts.append(((index, len(buffer)), ray.put(table)))
+            table = pa.table({
+                "part": [index] * len(buffer), "row": list(range(first, stats.docs)),
+                "id": [r.id for r in buffer], "text": [r.text for r in buffer],
+            })  # fmt: skip
+            parts.append((index, len(buffer), ray.put(table)))
         buffer.clear()
 
     for item in reader:
@@ -312,11 +386,9 @@ def _read_parts(reader, part_rows: int, done: set[int], ray):
 
 def _check_input(output: Path, position) -> None:
     """The input's fingerprint is recorded on the first run and must match on resume."""
-    path = output / "_input.json"
-    now = asdict(position)
+    path, now = output / INPUT, asdict(position)
     if path.is_file():
-        before = json.loads(path.read_text(encoding="utf-8"))
-        if before != now:
+        if json.loads(path.read_text(encoding="utf-8")) != now:
             raise OutputError(
                 f"{output}: the input changed since the interrupted run (its fingerprint "
                 "differs); use --force to start over"
@@ -325,55 +397,69 @@ def _check_input(output: Path, position) -> None:
         atomic_write(path, lambda f: f.write(json.dumps(now).encode()))
 
 
-STAT_COLUMNS = ("tokens", "truncated", "unknown_script", "padded_tokens")
-
-
-def _write_parts(output: Path, results, expected: dict[int, int]) -> int:
-    """Write each part as its rows stream back; a part is one file (id, vector, and what
-    embedding it took in the file's metadata), renamed into place."""
+def _write_parts(output: Path, results, expected: dict[int, int]) -> tuple[int, Stats]:
+    """Write each part once it holds exactly its rows (a row delivered twice, by a retried
+    task, is kept once), as `id` and `vector`, with what embedding it took in the file's
+    metadata; each file is fsynced and renamed into place."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pending: dict[int, list] = {}
-    written = 0
+    written, run = set(), Stats()
     for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
         for index in set(batch.column("part").to_pylist()):
-            rows = batch.filter(pa.compute.equal(batch.column("part"), index))
-            pending.setdefault(index, []).append(rows)
-            table = pa.concat_tables(pending[index])
-            if table.num_rows < expected[index]:
+            if index in written:
                 continue
+            pending.setdefault(index, []).append(
+                batch.filter(pa.compute.equal(batch.column("part"), index))
+            )
+            table = pa.concat_tables(pending[index])
+            _, first = np.unique(table.column("row").to_numpy(), return_index=True)
+            if len(first) < expected[index]:
+                continue
+            table = table.take(pa.array(first))  # one of each row, in corpus order
             del pending[index]
             took = {
                 "rows": table.num_rows,
-                "tokens": int(pa.compute.sum(table.column("tokens")).as_py() or 0),
-                "truncated": int(pa.compute.sum(table.column("truncated")).as_py() or 0),
-                "unknown_script": int(pa.compute.sum(table.column("unknown_script")).as_py() or 0),
-                "padded_tokens": int(table.column("padded_tokens")[0].as_py()),
+                **{k: int(pa.compute.sum(table.column(k)).as_py() or 0) for k in TOOK},
+                "padded_tokens": table.column("padded_tokens")[0].as_py(),  # a part: one batch
             }
             table = table.select(["id", "vector"]).replace_schema_metadata(
                 {"albert_onnx": json.dumps(took)}
             )
-            with replacing(output / f"part-{index:06d}.parquet") as tmp:
+            target = output / f"part-{index:06d}.parquet"
+            with replacing(target) as tmp:
                 pq.write_table(table, tmp)
-            written += 1
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+            written.add(index)
+            run.add(_took_stats(took))
     if pending:
         raise AlbertOnnxError(f"parts {sorted(pending)} came back incomplete from Ray")
-    return written
+    fsync_dir(output)
+    return len(written), run
 
 
-def _finish(output, settings, position, stats, errors, start, embedded) -> RaySummary:
+def _took_stats(took: dict) -> Stats:
+    return Stats(
+        docs=took["rows"],
+        tokens=took["tokens"],
+        truncated=took["truncated"],
+        unknown_script=took["unknown_script"],
+        padded_tokens=took["padded_tokens"],
+    )
+
+
+def _finish(output, settings, position, stats, errors, run, embedded) -> RaySummary:
     import pyarrow.parquet as pq
 
     parts = sorted(output.glob("part-*.parquet"))
-    totals = Stats(skipped=stats.skipped, blank_lines=stats.blank_lines)
+    totals = Stats(skipped=stats.skipped, blank_lines=stats.blank_lines, seconds=run.seconds)
     listed = []
     for path in parts:
         took = json.loads(pq.read_schema(path).metadata[b"albert_onnx"])
         listed.append({"file": path.name, "rows": took["rows"]})
-        totals.docs += took["rows"]
-        for key in ("tokens", "truncated", "unknown_script", "padded_tokens"):
-            setattr(totals, key, getattr(totals, key) + took[key])
+        totals.add(_took_stats(took))
     if totals.docs != stats.docs:
         raise AlbertOnnxError(
             f"{output}: the parts hold {totals.docs:,} rows, the corpus {stats.docs:,}"
@@ -381,7 +467,6 @@ def _finish(output, settings, position, stats, errors, start, embedded) -> RaySu
     totals.duplicate_ids = count_duplicates(
         pq.read_table(p, columns=["id"]).column("id").to_pylist() for p in parts
     )
-    totals.seconds = time.perf_counter() - start
     if errors:
         lines = "".join(json.dumps(e) + "\n" for e in errors)
         atomic_write(output / ERRORS, lambda f: f.write(lines.encode()))
@@ -394,8 +479,8 @@ def _finish(output, settings, position, stats, errors, start, embedded) -> RaySu
     }
     atomic_write(output / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
     (output / STATE).unlink()  # after the manifest: a kill in between leaves a resumable run
-    (output / "_input.json").unlink()
-    return RaySummary(totals, len(parts), embedded, str(output))
+    (output / INPUT).unlink()
+    return RaySummary(totals, run, len(parts), embedded, str(output))
 
 
 def iter_vectors(output: str | Path) -> Iterator[tuple[list, np.ndarray]]:

@@ -162,3 +162,33 @@ def test_resume_after_the_driver_was_killed_embeds_only_the_missing_parts(
     assert resumed.returncode == 0, resumed.stderr
     assert f"wrote 40 parts ({40 - done_before} embedded by this run)" in resumed.stdout
     assert_exactly_once_and_equal(output, reference)
+
+
+def test_bad_and_blank_lines_do_not_shift_parts_or_ids(local_ray, english_export, tmp_path):
+    lines = []
+    for i in range(120):
+        lines.append(json.dumps({"id": f"d{i}", "text": real_texts()[i]}))
+        if i % 17 == 0:
+            lines += ["", "not json"]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join(lines) + "\n")
+    summary = embed_parts(corpus, tmp_path / "out", english_export, id_field="id",
+                          on_error="skip", precision="fp32", workers=1, part_rows=25)  # fmt: skip
+    assert (summary.stats.docs, summary.stats.skipped, summary.stats.blank_lines) == (120, 8, 8)
+    ids, vectors = read_output(tmp_path / "out")
+    assert ids == [f"d{i}" for i in range(120)]
+    expected = Embedder(english_export, provider="cpu", precision="fp32").embed(real_texts()[:120])
+    assert np.abs(vectors - expected).max() < 1e-5
+    errors = (tmp_path / "out" / "_errors.jsonl").read_text().splitlines()
+    assert len(errors) == 8 and json.loads(errors[0])["line"] == 3
+
+
+def test_options_are_checked_on_the_driver(local_ray, english_export, corpus, tmp_path):
+    from albert_onnx.errors import OptionError
+
+    with pytest.raises(OptionError, match="Ray is already started in this process"):
+        embed_parts(corpus, tmp_path / "out", english_export, address="auto")
+    with pytest.raises(OptionError, match="precision must be one of"):
+        embed_parts(corpus, tmp_path / "out", english_export, precision="int4")
+    with pytest.raises(OptionError, match="the dataset has no column 'body'"):
+        embed_dataset(ray.data.read_parquet(str(corpus)), english_export, text_column="body")
