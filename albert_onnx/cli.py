@@ -200,7 +200,7 @@ def embed(
     ] = False,
     ray_address: Annotated[
         str | None,
-        typer.Option(help="A Ray cluster (auto, ray://HOST:10001); default: a local one."),
+        typer.Option(help="A Ray cluster to run on (auto, HOST:PORT); default: a local one."),
     ] = None,
     workers: Annotated[
         int | None, typer.Option(help="--ray: workers (default: the cluster's CPUs / threads).")
@@ -243,7 +243,7 @@ def embed(
         _print_summary(done.stats, done.run, 0)
         out.print(
             f"wrote {done.parts:,} parts ({done.parts_embedded:,} embedded by this run) and "
-            f"the manifest to {done.output}",
+            f"the manifest to {done.output}, on the Ray instance at {done.cluster}",
             highlight=False,
         )
         return

@@ -238,6 +238,7 @@ class RaySummary:
     parts: int
     parts_embedded: int  # by this run: fewer than `parts` when resuming
     output: str
+    cluster: str  # the GCS address of the Ray instance that ran it
 
 
 def embed_parts(
@@ -276,6 +277,11 @@ def embed_parts(
         check_positive("workers", workers)
     if resume and force:
         raise OptionError("--resume continues a run and --force replaces it: choose one")
+    if address is not None and address.startswith("ray://"):
+        raise OptionError(  # ray-project/ray#48682: Ray Data needs a driver inside the cluster
+            "Ray Data does not run over Ray Client (ray://): run albert-onnx on a node of the "
+            "cluster with --ray-address auto, or send it there with `ray job submit`"
+        )
     if address is not None and ray.is_initialized():
         raise OptionError("Ray is already started in this process: leave the address out")
     output, corpus = Path(output), Path(corpus)
@@ -291,6 +297,7 @@ def embed_parts(
         if str(path) != STDIN and overlap(output, path):
             raise OutputError(f"{output} would overwrite {name} ({path}); choose another output")
     model_files = worker_model(model_dir)
+    _connect(ray, address)  # before the output exists: a failed connection leaves nothing
     lock = OutputLock(sidecar(output, ".lock"), output)
     lock.acquire()
     try:
@@ -300,9 +307,6 @@ def embed_parts(
             "input_format": reader.format,
         }  # fmt: skip
         done = _open_output(output, settings, resume, force)
-        if not ray.is_initialized():  # a local instance, never one RAY_ADDRESS points to
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)  # fmt: skip
         parts, errors, position, stats = _read_parts(reader, part_rows, done, ray)
         _check_input(output, position)
         embedded, run = 0, Stats()
@@ -320,6 +324,22 @@ def embed_parts(
         return _finish(output, settings, position, stats, errors, run, embedded)
     finally:
         lock.release()
+
+
+def _connect(ray, address: str | None) -> None:
+    """Ray as the caller started it; else the cluster at ADDRESS; else a local instance (never
+    the one RAY_ADDRESS points to: a cluster is used only when asked for)."""
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)  # fmt: skip
+    except ConnectionError as exc:
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        raise OptionError(
+            f"cannot connect to Ray at {address}: {exc}{cause}. A cluster whose `ray start` "
+            "enabled token authentication needs RAY_AUTH_MODE=token and its token here too"
+        ) from exc
 
 
 def _open_output(output: Path, settings: dict, resume: bool, force: bool) -> set[int]:
@@ -452,6 +472,7 @@ def _took_stats(took: dict) -> Stats:
 
 def _finish(output, settings, position, stats, errors, run, embedded) -> RaySummary:
     import pyarrow.parquet as pq
+    import ray
 
     parts = sorted(output.glob("part-*.parquet"))
     totals = Stats(skipped=stats.skipped, blank_lines=stats.blank_lines, seconds=run.seconds)
@@ -480,7 +501,8 @@ def _finish(output, settings, position, stats, errors, run, embedded) -> RaySumm
     atomic_write(output / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
     (output / STATE).unlink()  # after the manifest: a kill in between leaves a resumable run
     (output / INPUT).unlink()
-    return RaySummary(totals, run, len(parts), embedded, str(output))
+    cluster = ray.get_runtime_context().gcs_address
+    return RaySummary(totals, run, len(parts), embedded, str(output), cluster)
 
 
 def iter_vectors(output: str | Path) -> Iterator[tuple[list, np.ndarray]]:

@@ -1,13 +1,19 @@
 """Ray Data, on a real local Ray instance (no mocks): Parquet in, parts out, every id exactly
-once, the single-process vectors, a SIGKILLed worker retried, and a killed driver resumed."""
+once, the single-process vectors, a SIGKILLed worker retried, and a killed driver resumed;
+and on a cluster started by `ray start --head`, reached by its address."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -192,3 +198,70 @@ def test_options_are_checked_on_the_driver(local_ray, english_export, corpus, tm
         embed_parts(corpus, tmp_path / "out", english_export, precision="int4")
     with pytest.raises(OptionError, match="the dataset has no column 'body'"):
         embed_dataset(ray.data.read_parquet(str(corpus)), english_export, text_column="body")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_cluster():
+    """A Ray cluster as `ray start --head` makes one, with its token authentication on: its
+    GCS address and the environment a client needs. Stopped with its process group."""
+    port, temp = free_port(), tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short socket paths
+    env = {**OFFLINE_ENV, "COLUMNS": "400", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # fmt: skip
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+         "--port", str(port), "--num-cpus", "1", "--include-dashboard", "false",
+         "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats",
+         "--temp-dir", temp],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and head.poll() is None:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        assert head.poll() is None, "ray start --head exited"
+        yield f"127.0.0.1:{port}", env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_the_job_runs_on_the_cluster_its_address_names(
+    english_export, corpus, reference, ray_cluster, tmp_path
+):
+    address, env = ray_cluster
+    args = [sys.executable, "-m", "albert_onnx", "embed", str(corpus), "-o", str(tmp_path / "out"),
+            "--ray", "--ray-address", address, "--workers", "1", "--part-rows", "250",
+            "--id-field", "id", "--precision", "fp32", "--model", str(english_export)]  # fmt: skip
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    port = address.rsplit(":", 1)[1]
+    assert re.search(rf"wrote 4 parts .* on the Ray instance at [\d.]+:{port}\b", done.stdout)
+    assert_exactly_once_and_equal(tmp_path / "out", reference)
+
+    without_token = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+    refused = subprocess.run([*args[:6], str(tmp_path / "again"), *args[7:]], env=without_token,
+                             capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+    assert refused.returncode == 1
+    assert f"cannot connect to Ray at {address}" in refused.stderr
+    assert not (tmp_path / "again").exists()  # a failed connection leaves no output behind
+
+
+def test_ray_client_addresses_are_refused_with_what_to_do_instead(english_export, corpus, tmp_path):
+    from albert_onnx.errors import OptionError
+
+    with pytest.raises(OptionError, match=r"does not run over Ray Client .* `ray job submit`"):
+        embed_parts(corpus, tmp_path / "out", english_export, address="ray://127.0.0.1:10001")
