@@ -242,7 +242,8 @@ def embed(
             )  # fmt: skip
         _print_summary(done.stats, done.run, 0)
         out.print(
-            f"wrote {done.parts:,} parts ({done.parts_embedded:,} embedded by this run) and "
+            f"wrote {done.parts:,} part{'' if done.parts == 1 else 's'} "
+            f"({done.parts_embedded:,} embedded by this run) and "
             f"the manifest to {done.output}, on the Ray instance at {done.cluster}",
             highlight=False,
         )

@@ -5,8 +5,9 @@ Each worker is a Ray actor holding one `Embedder` (a callable class for `map_bat
 actor pool of `workers`, `num_cpus` = threads per worker, one GPU each on CUDA), built once
 per worker; each block is length-bucketed under the token budget like the single-process
 path. The model directory travels through the object store, so workers need no shared file
-system: a worker writes it once per node (under a name made of the manifest's sha256) and
-`Embedder` checks every file's sha256 against the manifest before use.
+system: a worker writes it once per node, in a directory private to its user and named by
+the manifest's sha256, and `Embedder` checks every file's sha256 against the manifest
+before use (a damaged copy is written again).
 
 `embed_parts` reads the input on the driver with the single-process reader (every format,
 the same id rule, bad rows and fingerprint), cuts the records into parts of `part_rows`
@@ -34,6 +35,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,7 +43,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from albert_onnx.errors import AlbertOnnxError, CorpusError, OptionError, OutputError
+from albert_onnx.errors import (
+    AlbertOnnxError,
+    CorpusError,
+    ManifestError,
+    OptionError,
+    OutputError,
+)
 from albert_onnx.runtime.files import atomic_write, fsync_dir, overlap, replacing, sidecar
 from albert_onnx.runtime.manifest import MANIFEST_NAME
 from albert_onnx.runtime.model_dir import ModelDir
@@ -49,6 +57,7 @@ from albert_onnx.runtime.options import (
     Dtype,
     LongTexts,
     OnError,
+    Pooling,
     Precision,
     check_choice,
     check_field,
@@ -91,13 +100,23 @@ def worker_model(model: ModelDir) -> WorkerModel:
     return WorkerModel(files, hashlib.sha256(files[MANIFEST_NAME]).hexdigest()[:32])
 
 
-def _materialize(model: WorkerModel) -> Path:
-    """The model as a directory on this node: written once, renamed into place."""
-    target = Path(tempfile.gettempdir()) / f"albert-onnx-model-{model.key}"
-    if not target.is_dir():
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-"))
+def _materialize(model: WorkerModel, *, rebuild: bool = False) -> Path:
+    """The model as a directory on this node, in a directory of this user's that no one else
+    can write: written once (renamed into place), reused while its manifest is the one sent,
+    written again when REBUILD (a copy a /tmp cleaner damaged)."""
+    home = Path(tempfile.gettempdir()) / f"albert-onnx-{os.getuid()}"
+    home.mkdir(mode=0o700, exist_ok=True)
+    info = home.lstat()
+    if not home.is_dir() or home.is_symlink() or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise OutputError(f"{home}: not a private directory of this user; remove it")
+    target = home / f"model-{model.key}"
+    manifest = target / MANIFEST_NAME
+    current = manifest.is_file() and manifest.read_bytes() == model.files[MANIFEST_NAME]
+    if rebuild or not current:
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=home))
         for name, data in model.files.items():
             (staging / name).write_bytes(data)
+        shutil.rmtree(target, ignore_errors=True)
         try:
             staging.rename(target)
         except OSError:  # another worker on this node was first: its copy is the same
@@ -117,7 +136,10 @@ class EmbedWorker:
             model = ray.get(model)
         options = dict(options)
         self.dtype = options.pop("dtype")
-        self.embedder = Embedder(_materialize(model), **options)  # checks every sha256
+        try:
+            self.embedder = Embedder(_materialize(model), **options)  # checks every sha256
+        except ManifestError:  # the node's copy was damaged since it was written
+            self.embedder = Embedder(_materialize(model, rebuild=True), **options)
         self.text_column, self.id_column = text_column, id_column
 
     def __call__(self, batch):
@@ -138,7 +160,7 @@ class EmbedWorker:
             **{c: batch.column(c) for c in kept},
             self.id_column: batch.column(self.id_column),
             "vector": pa.FixedSizeListArray.from_arrays(flat, self.embedder.dimension),
-            "tokens": pa.array([len(doc[0]) for doc in docs], type=pa.int32()),
+            "tokens": pa.array([sum(map(len, doc)) for doc in docs], type=pa.int32()),
             "truncated": pa.array([doc[0].truncated for doc in docs]),
             "unknown_script": pa.array([doc[0].mostly_unknown for doc in docs]),
             "padded_tokens": pa.array([stats.padded_tokens] * len(docs), type=pa.int64()),
@@ -185,6 +207,10 @@ def _embedder_options(
     check_choice("long_texts", long_texts, LongTexts)
     if max_batch_tokens is not None:
         check_positive("max_batch_tokens", max_batch_tokens)
+    if pooling is not None:
+        check_choice("pooling", pooling, Pooling)
+    if normalize is not None and not isinstance(normalize, bool):
+        raise OptionError(f"normalize must be true or false, not {normalize!r}")
     if pooling == "none":
         raise OptionError("Ray output holds one vector per row: pooling 'none' is not supported")
     variants = set(model.manifest.variants)
@@ -227,6 +253,7 @@ def embed_dataset(
         for column in (text_column, id_column):
             if column not in schema.names:
                 raise OptionError(f"the dataset has no column '{column}' ({schema.names})")
+    _capacity(ray, provider, threads_per_worker, fixed=False)
     model_ref = ray.put(worker_model(directory))
     return _map(dataset, model_ref, options, text_column, id_column, workers, threads_per_worker)
 
@@ -277,11 +304,7 @@ def embed_parts(
         check_positive("workers", workers)
     if resume and force:
         raise OptionError("--resume continues a run and --force replaces it: choose one")
-    if address is not None and address.startswith("ray://"):
-        raise OptionError(  # ray-project/ray#48682: Ray Data needs a driver inside the cluster
-            "Ray Data does not run over Ray Client (ray://): run albert-onnx on a node of the "
-            "cluster with --ray-address auto, or send it there with `ray job submit`"
-        )
+    _check_address(address)
     if address is not None and ray.is_initialized():
         raise OptionError("Ray is already started in this process: leave the address out")
     output, corpus = Path(output), Path(corpus)
@@ -297,24 +320,23 @@ def embed_parts(
         if str(path) != STDIN and overlap(output, path):
             raise OutputError(f"{output} would overwrite {name} ({path}); choose another output")
     model_files = worker_model(model_dir)
-    _connect(ray, address)  # before the output exists: a failed connection leaves nothing
+    started = _connect(ray, address)  # before the output exists: a failure leaves nothing
     lock = OutputLock(sidecar(output, ".lock"), output)
-    lock.acquire()
     try:
+        capacity = _capacity(ray, provider, threads_per_worker, fixed=started)
+        lock.acquire()
         settings = {
             "model": model_files.key, **options, "text_field": text_field,
             "id_field": id_field, "on_error": on_error, "part_rows": part_rows,
             "input_format": reader.format,
         }  # fmt: skip
-        done = _open_output(output, settings, resume, force)
+        done = _completed_parts(output, settings, resume, force)
         parts, errors, position, stats = _read_parts(reader, part_rows, done, ray)
+        _prepare_output(output, settings, fresh=not (resume and (output / STATE).is_file()))
         _check_input(output, position)
         embedded, run = 0, Stats()
         if parts:
-            resource = "GPU" if provider == "cuda" else "CPU"
-            available = int(ray.cluster_resources().get(resource, 1))
-            per_worker = 1 if provider == "cuda" else threads_per_worker
-            count = min(workers or max(1, available // per_worker), len(parts))
+            count = min(workers or capacity, len(parts))
             model_ref = ray.put(model_files)
             dataset = ray.data.from_arrow_refs([ref for _, _, ref in parts])
             results = _map(dataset, model_ref, options, "text", "id", count, threads_per_worker)
@@ -324,26 +346,62 @@ def embed_parts(
         return _finish(output, settings, position, stats, errors, run, embedded)
     finally:
         lock.release()
+        if started:  # the local instance this call started; a caller's Ray is left running
+            ray.shutdown()
 
 
-def _connect(ray, address: str | None) -> None:
-    """Ray as the caller started it; else the cluster at ADDRESS; else a local instance (never
-    the one RAY_ADDRESS points to: a cluster is used only when asked for)."""
+def _connect(ray, address: str | None) -> bool:
+    """Ray as the caller started it; else the cluster at ADDRESS, or at RAY_ADDRESS (which
+    `ray job submit` sets for its entrypoint); else a new local instance. True when this
+    started a local instance: its nodes are fixed, and it is this job's to shut down."""
     if ray.is_initialized():
-        return
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    _check_address(address)
     try:
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                  configure_logging=False)  # fmt: skip
-    except ConnectionError as exc:
-        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
-        raise OptionError(
-            f"cannot connect to Ray at {address}: {exc}{cause}. A cluster whose `ray start` "
-            "enabled token authentication needs RAY_AUTH_MODE=token and its token here too"
-        ) from exc
+    except (ConnectionError, ValueError) as exc:  # ValueError: an address Ray cannot parse
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        cause = f" ({' '.join(str(exc.__cause__).split())})" if exc.__cause__ else ""
+        hint = (
+            ". A cluster whose `ray start` enabled token authentication needs "
+            "RAY_AUTH_MODE=token and its token here too"
+            if isinstance(exc, ConnectionError) and address else ""
+        )  # fmt: skip
+        raise OptionError(f"cannot connect to {where}: {exc}{cause}{hint}") from exc
+    return address is None
 
 
-def _open_output(output: Path, settings: dict, resume: bool, force: bool) -> set[int]:
-    """Parts already complete (when resuming); a fresh, empty OUTPUT otherwise."""
+def _check_address(address: str | None) -> None:
+    if address is not None and address.startswith("ray://"):
+        raise OptionError(  # ray-project/ray#48682: Ray Data needs a driver inside the cluster
+            "Ray Data does not run over Ray Client (ray://): run albert-onnx on a node of the "
+            "cluster with --ray-address auto, or send it there with `ray job submit`"
+        )
+
+
+def _capacity(ray, provider: str, threads: int, *, fixed: bool) -> int:
+    """How many workers the Ray nodes hold now. A worker that no node can hold leaves Ray
+    Data waiting for it forever: refused where the nodes are FIXED (a local instance); on a
+    cluster, where an autoscaler may add one, a warning says what the job waits for."""
+    need, per = ("GPU", 1) if provider == "cuda" else ("CPU", threads)
+    sizes = [int(node["Resources"].get(need, 0)) for node in ray.nodes() if node["Alive"]]
+    fits = sum(size // per for size in sizes)
+    if not fits:
+        message = (
+            f"no Ray node has {'a GPU' if need == 'GPU' else f'{threads} CPUs'} for a worker "
+            f"(the largest has {max(sizes, default=0)} {need}s)"
+        )
+        if fixed:
+            raise OptionError(message)
+        warnings.warn(f"{message}: the job waits until such a node joins", stacklevel=3)
+    return max(1, fits)
+
+
+def _completed_parts(output: Path, settings: dict, resume: bool, force: bool) -> set[int]:
+    """The parts an interrupted run completed (when resuming); empty for a new run. Changes
+    nothing: whatever is refused, here or while reading the input, leaves OUTPUT as it was."""
     state_file = output / STATE
     if resume and state_file.is_file():
         try:
@@ -356,18 +414,43 @@ def _open_output(output: Path, settings: dict, resume: bool, force: bool) -> set
                 f"{output}: cannot resume, {', '.join(changed)} changed since the interrupted "
                 "run; use --force to start over"
             )
-        for stray in output.glob(".part-*.tmp"):
-            stray.unlink()
         return {int(p.stem.split("-")[1]) for p in output.glob("part-*.parquet")}
     if resume and (output / MANIFEST).is_file():
         raise OutputError(f"{output} is already complete: there is no interrupted run to resume")
-    if output.exists() and any(output.iterdir()) and not force:
-        raise OutputError(f"{output} already exists; pass --resume to continue or --force")
+    if output.is_dir() and any(output.iterdir()):
+        if resume:
+            raise OutputError(f"{output} holds no interrupted --ray run to resume")
+        if not force:
+            raise OutputError(f"{output} already exists; pass --resume to continue or --force")
+        if not _is_ray_output(output):
+            raise OutputError(
+                f"{output} is not an albert-onnx --ray output: --force replaces only those; "
+                "remove it yourself or choose another output"
+            )
+    elif output.exists() and not output.is_dir():
+        raise OutputError(f"{output} exists and is not a directory")
+    return set()
+
+
+def _is_ray_output(output: Path) -> bool:
+    """Whether every entry of OUTPUT is one an `embed --ray` run writes."""
+    names = {STATE, INPUT, MANIFEST, ERRORS}
+    return all(
+        p.name in names or (p.name.startswith(("part-", ".part-")) and p.is_file())
+        for p in output.iterdir()
+    )
+
+
+def _prepare_output(output: Path, settings: dict, *, fresh: bool) -> None:
+    """A new run's empty OUTPUT with its state; a resumed run's without stray temporaries."""
+    if not fresh:
+        for stray in output.glob(".part-*.tmp"):
+            stray.unlink()
+        return
     if output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True)
-    atomic_write(state_file, lambda f: f.write(json.dumps({"settings": settings}).encode()))
-    return set()
+    atomic_write(output / STATE, lambda f: f.write(json.dumps({"settings": settings}).encode()))
 
 
 def _read_parts(reader, part_rows: int, done: set[int], ray):

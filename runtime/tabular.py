@@ -202,11 +202,13 @@ class TabularReader:
             ) as text,  # fmt: skip
             _csv_field_limit(),
         ):
-            reader = csv.reader(text, delimiter="\t" if self.format == "tsv" else ",")
+            # strict: a quote out of place is a bad row naming its line, instead of a field
+            # that swallows the rows after it
+            reader = csv.reader(text, delimiter="\t" if self.format == "tsv" else ",", strict=True)
             try:
                 header = next(reader, [])
                 yield reader, header
-            except csv.Error as exc:  # an unclosed quote at the end, a NUL byte
+            except csv.Error as exc:  # the header: a quote out of place, a NUL byte
                 raise CorpusError(f"{self.path}: line {reader.line_num}: {exc}") from exc
             except (EOFError, OSError, zlib.error) as exc:  # a cut or corrupt .gz
                 raise CorpusError(f"{self.path}: {exc}") from exc
@@ -219,11 +221,13 @@ class TabularReader:
         with self._csv() as (reader, header):
             text_at = header.index(self.text_field)
             id_at = header.index(self.id_field) if self.id_field else None
-            for number, row in enumerate(reader, start=1):
+            for number, row in enumerate(_rows_or_errors(reader), start=1):
                 if number <= self._skip:
                     continue
                 self._rows = number
-                if not row:
+                if isinstance(row, str):
+                    yield BadLine(number, row)
+                elif not row:
                     yield Blank(number)
                 elif len(row) != len(header):
                     yield BadLine(number, f"has {len(row)} fields, the header {len(header)}")
@@ -237,3 +241,15 @@ class TabularReader:
             if value is not None and lone_surrogate(value) is not None:
                 return BadLine(number, f"field '{field}' is not valid UTF-8")
         return self._record(number, text, identifier)
+
+
+def _rows_or_errors(reader) -> Iterator[list[str] | str]:
+    """The csv READER's rows, with a malformed row as the reason it is bad (the reader goes
+    on after it, at the next line)."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield f"malformed at line {reader.line_num} ({exc})"

@@ -170,6 +170,26 @@ class TestBadRows:
         errors = (tmp_path / "v.npz.errors.jsonl").read_text()
         assert json.loads(errors) == {"row": 2, "reason": "has 4 fields, the header 2"}
 
+    @pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+    def test_a_quote_out_of_place_is_a_bad_row_that_swallows_nothing(
+        self, embedder, suffix, tmp_path
+    ):
+        sep = "\t" if suffix == ".tsv" else ","
+        path = tmp_path / f"c{suffix}"
+        path.write_text(
+            f'doc{sep}body\n1{sep}"Stop!" she said\n2{sep}fine\n3{sep}"unclosed\n4{sep}lost\n',
+            encoding="utf-8",
+        )
+        with pytest.raises(CorpusError, match=rf"c\{suffix}:1: malformed at line 2"):
+            embed_corpus(embedder, path, tmp_path / "v.npz", text_field="body", id_field="doc")
+        summary = embed_corpus(embedder, path, tmp_path / "v.npz", text_field="body",
+                               id_field="doc", on_error="skip", force=True)  # fmt: skip
+        assert read_npz(tmp_path / "v.npz")[0] == ["2"]  # not "Stop! she said", not row 4 in 3
+        errors = [json.loads(x) for x in (tmp_path / "v.npz.errors.jsonl").read_text().splitlines()]
+        assert [e["row"] for e in errors] == [1, 3]
+        assert "unexpected end of data" in errors[1]["reason"]
+        assert summary.stats.skipped == 2
+
     def test_csv_cell_that_is_not_utf8_is_a_bad_row(self, embedder, tmp_path):
         path = tmp_path / "c.csv"
         path.write_bytes(b"doc,body\n1,fine\n2,caf\xe9\n3,fine too\n")

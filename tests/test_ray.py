@@ -25,8 +25,16 @@ import pytest
 import ray
 
 from albert_onnx import Embedder
-from albert_onnx.errors import OutputError
-from albert_onnx.runtime.ray_data import embed_dataset, embed_parts, iter_vectors
+from albert_onnx.errors import CorpusError, OutputError
+from albert_onnx.runtime.model_dir import ModelDir
+from albert_onnx.runtime.ray_data import (
+    EmbedWorker,
+    _materialize,
+    embed_dataset,
+    embed_parts,
+    iter_vectors,
+    worker_model,
+)
 
 from conftest import OFFLINE_ENV, real_texts, sts_sentences
 
@@ -196,6 +204,8 @@ def test_options_are_checked_on_the_driver(local_ray, english_export, corpus, tm
         embed_parts(corpus, tmp_path / "out", english_export, address="auto")
     with pytest.raises(OptionError, match="precision must be one of"):
         embed_parts(corpus, tmp_path / "out", english_export, precision="int4")
+    with pytest.raises(OptionError, match="pooling must be one of"):
+        embed_dataset(ray.data.read_parquet(str(corpus)), english_export, pooling="avg")
     with pytest.raises(OptionError, match="the dataset has no column 'body'"):
         embed_dataset(ray.data.read_parquet(str(corpus)), english_export, text_column="body")
 
@@ -252,11 +262,18 @@ def test_the_job_runs_on_the_cluster_its_address_names(
     assert re.search(rf"wrote 4 parts .* on the Ray instance at [\d.]+:{port}\b", done.stdout)
     assert_exactly_once_and_equal(tmp_path / "out", reference)
 
+    # as `ray job submit` runs its entrypoint: the address in RAY_ADDRESS, no option
+    submitted = [*args[:6], str(tmp_path / "submitted"), args[7], *args[10:]]
+    done = subprocess.run(submitted, env={**env, "RAY_ADDRESS": address}, capture_output=True,
+                          text=True, timeout=TIMEOUT)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert re.search(rf"on the Ray instance at [\d.]+:{port}\b", done.stdout)
+
     without_token = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
     refused = subprocess.run([*args[:6], str(tmp_path / "again"), *args[7:]], env=without_token,
                              capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
     assert refused.returncode == 1
-    assert f"cannot connect to Ray at {address}" in refused.stderr
+    assert f"cannot connect to the Ray cluster at {address}" in refused.stderr
     assert not (tmp_path / "again").exists()  # a failed connection leaves no output behind
 
 
@@ -265,3 +282,60 @@ def test_ray_client_addresses_are_refused_with_what_to_do_instead(english_export
 
     with pytest.raises(OptionError, match=r"does not run over Ray Client .* `ray job submit`"):
         embed_parts(corpus, tmp_path / "out", english_export, address="ray://127.0.0.1:10001")
+
+
+def test_force_replaces_only_a_ray_output_and_only_once_the_input_is_read(
+    local_ray, english_export, corpus, tmp_path
+):
+    kept = tmp_path / "results"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not an albert-onnx --ray output"):
+        embed_parts(corpus, kept, english_export, force=True)
+    with pytest.raises(OutputError, match="holds no interrupted --ray run"):
+        embed_parts(corpus, kept, english_export, resume=True)
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]
+
+    output = tmp_path / "out"
+    embed_parts(corpus, output, english_export, id_field="id", workers=1, part_rows=500)
+    before = {p.name: p.read_bytes() for p in output.iterdir()}
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine"}\nnot json\n')
+    with pytest.raises(CorpusError, match=r"broken\.jsonl:2"):
+        embed_parts(broken, output, english_export, force=True)
+    assert {p.name: p.read_bytes() for p in output.iterdir()} == before  # nothing lost
+
+
+def test_a_worker_no_node_can_hold_is_refused_not_waited_for(english_export, corpus, tmp_path):
+    output = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "albert_onnx", "embed", str(corpus), "-o", str(output), "--ray",
+         "--threads-per-worker", "512", "--model", str(english_export)],
+        env=OFFLINE_ENV, capture_output=True, text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "no Ray node has 512 CPUs for a worker" in done.stderr
+    assert not output.exists()
+
+
+def test_a_worker_counts_every_window_and_rebuilds_a_damaged_copy_of_the_model(english_export):
+    model = worker_model(ModelDir.open(english_export))
+    options = {"provider": "cpu", "precision": "fp32", "pooling": None, "normalize": None,
+               "max_batch_tokens": None, "long_texts": "chunk", "dtype": "float32"}  # fmt: skip
+    long_text = " ".join(real_texts()[:80])
+    batch = pa.table({"id": [0, 1], "text": [long_text, "short"]})
+    embedder = Embedder(english_export, provider="cpu", precision="fp32", long_texts="chunk")
+    single = [embedder.embed_docs(embedder.tokenize([t]))[1].tokens for t in (long_text, "short")]
+
+    first = EmbedWorker(model, options, "text", "id")(batch)
+    assert first.column("tokens").to_pylist() == single and single[0] > 512  # all windows
+    copy = _materialize(model)
+    assert copy.parent.stat().st_mode & 0o077 == 0  # this user's alone
+
+    graph = next(copy.glob("*.onnx"))
+    graph.write_bytes(b"damaged by a /tmp cleaner")
+    again = EmbedWorker(model, options, "text", "id")(batch)
+    assert np.array_equal(
+        np.stack(again.column("vector").to_numpy(zero_copy_only=False)),
+        np.stack(first.column("vector").to_numpy(zero_copy_only=False)),
+    )
