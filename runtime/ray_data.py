@@ -29,10 +29,13 @@ start, and every vector comes back through it (see README, "Scale out with Ray")
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 import time
 import warnings
@@ -101,27 +104,50 @@ def worker_model(model: ModelDir) -> WorkerModel:
 
 
 def _materialize(model: WorkerModel, *, rebuild: bool = False) -> Path:
-    """The model as a directory on this node, in a directory of this user's that no one else
-    can write: written once (renamed into place), reused while its manifest is the one sent,
-    written again when REBUILD (a copy a /tmp cleaner damaged)."""
-    home = Path(tempfile.gettempdir()) / f"albert-onnx-{os.getuid()}"
-    home.mkdir(mode=0o700, exist_ok=True)
-    info = home.lstat()
-    if not home.is_dir() or home.is_symlink() or info.st_uid != os.getuid() or info.st_mode & 0o022:
-        raise OutputError(f"{home}: not a private directory of this user; remove it")
+    """The model as a directory on this node, shared by this user's workers: written by the
+    first (under a lock, renamed into place), reused while it holds exactly the files sent,
+    and replaced when REBUILD finds it damaged (a /tmp cleaner). Where no private shared
+    directory can be had, a fresh one of this worker's own."""
+    home = _private_home()
+    if home is None:
+        return _write_copy(model, Path(tempfile.mkdtemp(prefix="albert-onnx-model-")))
     target = home / f"model-{model.key}"
-    manifest = target / MANIFEST_NAME
-    current = manifest.is_file() and manifest.read_bytes() == model.files[MANIFEST_NAME]
-    if rebuild or not current:
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=home))
-        for name, data in model.files.items():
-            (staging / name).write_bytes(data)
-        shutil.rmtree(target, ignore_errors=True)
-        try:
-            staging.rename(target)
-        except OSError:  # another worker on this node was first: its copy is the same
-            shutil.rmtree(staging, ignore_errors=True)
+    with open(home / f".model-{model.key}.lock", "ab") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed, or when the worker dies
+        manifest = target / MANIFEST_NAME
+        current = manifest.is_file() and manifest.read_bytes() == model.files[MANIFEST_NAME]
+        if current and rebuild:  # another worker may have replaced it while this one waited
+            current = all(
+                (target / name).is_file() and (target / name).read_bytes() == data
+                for name, data in model.files.items()
+            )
+        if not current:
+            staging = _write_copy(model, Path(tempfile.mkdtemp(prefix=".staging-", dir=home)))
+            if target.exists():  # aside first: the target path is never half-written
+                aside = Path(tempfile.mkdtemp(prefix=".damaged-", dir=home))
+                os.replace(target, aside / "model")
+                shutil.rmtree(aside, ignore_errors=True)
+            os.replace(staging, target)
     return target
+
+
+def _private_home() -> Path | None:
+    """$TMPDIR/albert-onnx-UID, if it is a directory of this user's that no one else can
+    write (a file system that ignores modes, or someone else's directory, is not)."""
+    home = Path(tempfile.gettempdir()) / f"albert-onnx-{os.getuid()}"
+    try:
+        home.mkdir(mode=0o700, exist_ok=True)
+        info = home.lstat()
+    except OSError:  # a dangling link, a read-only TMPDIR
+        return None
+    private = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+    return home if private and not info.st_mode & 0o077 else None
+
+
+def _write_copy(model: WorkerModel, directory: Path) -> Path:
+    for name, data in model.files.items():
+        (directory / name).write_bytes(data)
+    return directory
 
 
 class EmbedWorker:
@@ -171,22 +197,24 @@ def _map(dataset, model_ref, options: dict, text_column: str, id_column: str, wo
          threads: int):  # fmt: skip
     import ray
 
-    return dataset.map_batches(
-        EmbedWorker,
-        fn_constructor_kwargs={
-            "model": model_ref,
-            "options": {**options, "threads": threads},
-            "text_column": text_column,
-            "id_column": id_column,
-        },
-        batch_size=None,  # a block is one batch: the bucketer sorts it whole
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=threads,
-        num_gpus=1 if options["provider"] == "cuda" else 0,
-        max_restarts=RETRIES,  # Ray Data's default is unlimited: a part that always
-        max_task_retries=RETRIES,  # crashes its worker would loop forever
-    )
+    with warnings.catch_warnings():  # for max_restarts: pyproject pins ray below 2.64
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return dataset.map_batches(
+            EmbedWorker,
+            fn_constructor_kwargs={
+                "model": model_ref,
+                "options": {**options, "threads": threads},
+                "text_column": text_column,
+                "id_column": id_column,
+            },
+            batch_size=None,  # a block is one batch: the bucketer sorts it whole
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=threads,
+            num_gpus=1 if options["provider"] == "cuda" else 0,
+            max_restarts=RETRIES,  # Ray Data's default is unlimited: a part that always
+            max_task_retries=RETRIES,  # crashes its worker would loop forever
+        )
 
 
 def _embedder_options(
@@ -253,8 +281,8 @@ def embed_dataset(
         for column in (text_column, id_column):
             if column not in schema.names:
                 raise OptionError(f"the dataset has no column '{column}' ({schema.names})")
-    _capacity(ray, provider, threads_per_worker, fixed=False)
-    model_ref = ray.put(worker_model(directory))
+    model_ref = ray.put(worker_model(directory))  # starts Ray, if the dataset has not
+    _worker_count(ray, provider, threads_per_worker, workers, fixed=False)
     return _map(dataset, model_ref, options, text_column, id_column, workers, threads_per_worker)
 
 
@@ -323,7 +351,7 @@ def embed_parts(
     started = _connect(ray, address)  # before the output exists: a failure leaves nothing
     lock = OutputLock(sidecar(output, ".lock"), output)
     try:
-        capacity = _capacity(ray, provider, threads_per_worker, fixed=started)
+        count = _worker_count(ray, provider, threads_per_worker, workers, fixed=started)
         lock.acquire()
         settings = {
             "model": model_files.key, **options, "text_field": text_field,
@@ -336,18 +364,20 @@ def embed_parts(
         _check_input(output, position)
         embedded, run = 0, Stats()
         if parts:
-            count = min(workers or capacity, len(parts))
             model_ref = ray.put(model_files)
             dataset = ray.data.from_arrow_refs([ref for _, _, ref in parts])
-            results = _map(dataset, model_ref, options, "text", "id", count, threads_per_worker)
+            results = _map(dataset, model_ref, options, "text", "id", min(count, len(parts)),
+                           threads_per_worker)  # fmt: skip
             expected = {index: rows for index, rows, _ in parts}
             embedded, run = _write_parts(output, results, expected)
         run.seconds = time.perf_counter() - start
         return _finish(output, settings, position, stats, errors, run, embedded)
     finally:
-        lock.release()
-        if started:  # the local instance this call started; a caller's Ray is left running
-            ray.shutdown()
+        try:
+            lock.release()
+        finally:
+            if started:  # the local instance this call started; a caller's Ray keeps running
+                ray.shutdown()
 
 
 def _connect(ray, address: str | None) -> bool:
@@ -357,6 +387,8 @@ def _connect(ray, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith(("http://", "https://")):
+        address = None  # the Jobs API's address (for `ray job submit`), not one to init with
     _check_address(address)
     try:
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
@@ -370,7 +402,7 @@ def _connect(ray, address: str | None) -> bool:
             if isinstance(exc, ConnectionError) and address else ""
         )  # fmt: skip
         raise OptionError(f"cannot connect to {where}: {exc}{cause}{hint}") from exc
-    return address is None
+    return address in (None, "local")
 
 
 def _check_address(address: str | None) -> None:
@@ -381,22 +413,25 @@ def _check_address(address: str | None) -> None:
         )
 
 
-def _capacity(ray, provider: str, threads: int, *, fixed: bool) -> int:
-    """How many workers the Ray nodes hold now. A worker that no node can hold leaves Ray
-    Data waiting for it forever: refused where the nodes are FIXED (a local instance); on a
-    cluster, where an autoscaler may add one, a warning says what the job waits for."""
-    need, per = ("GPU", 1) if provider == "cuda" else ("CPU", threads)
-    sizes = [int(node["Resources"].get(need, 0)) for node in ray.nodes() if node["Alive"]]
-    fits = sum(size // per for size in sizes)
-    if not fits:
-        message = (
-            f"no Ray node has {'a GPU' if need == 'GPU' else f'{threads} CPUs'} for a worker "
-            f"(the largest has {max(sizes, default=0)} {need}s)"
-        )
+def _worker_count(ray, provider: str, threads: int, workers: int | None, *, fixed: bool) -> int:
+    """WORKERS, or as many as the Ray nodes hold now (each needs THREADS CPUs, and a GPU on
+    CUDA). Workers that no node can hold leave Ray Data waiting for them: refused where the
+    nodes are FIXED (a local instance); on a cluster, where an autoscaler may add nodes, a
+    warning says what the job waits for."""
+
+    def holds(resources: dict) -> int:
+        by_cpu = int(resources.get("CPU", 0)) // threads
+        return min(by_cpu, int(resources.get("GPU", 0))) if provider == "cuda" else by_cpu
+
+    fits = sum(holds(node["Resources"]) for node in ray.nodes() if node["Alive"])
+    wanted = workers or max(1, fits)
+    if wanted > fits:
+        each = f"{threads} CPUs{' and a GPU' if provider == 'cuda' else ''}"
+        message = f"the Ray nodes hold {fits} worker(s) of {each}, not {wanted}"
         if fixed:
-            raise OptionError(message)
-        warnings.warn(f"{message}: the job waits until such a node joins", stacklevel=3)
-    return max(1, fits)
+            raise OptionError(f"{message}: lower --workers or --threads-per-worker")
+        warnings.warn(f"{message} now: the job waits for nodes to join", stacklevel=3)
+    return wanted
 
 
 def _completed_parts(output: Path, settings: dict, resume: bool, force: bool) -> set[int]:
@@ -418,25 +453,26 @@ def _completed_parts(output: Path, settings: dict, resume: bool, force: bool) ->
     if resume and (output / MANIFEST).is_file():
         raise OutputError(f"{output} is already complete: there is no interrupted run to resume")
     if output.is_dir() and any(output.iterdir()):
-        if resume:
-            raise OutputError(f"{output} holds no interrupted --ray run to resume")
-        if not force:
-            raise OutputError(f"{output} already exists; pass --resume to continue or --force")
         if not _is_ray_output(output):
             raise OutputError(
-                f"{output} is not an albert-onnx --ray output: --force replaces only those; "
+                f"{output} is not an albert-onnx --ray output, which is all --ray replaces: "
                 "remove it yourself or choose another output"
             )
+        if not (resume or force):  # resume: killed before its state was written, so anew
+            raise OutputError(f"{output} already exists; pass --resume to continue or --force")
     elif output.exists() and not output.is_dir():
         raise OutputError(f"{output} exists and is not a directory")
     return set()
 
 
+_NAMES = r"(part-\d{6}\.parquet|_state\.json|_input\.json|_manifest\.json|_errors\.jsonl)"
+RAY_OUTPUT = re.compile(rf"{_NAMES}|\.{_NAMES}\.tmp")  # the files, and their temporaries
+
+
 def _is_ray_output(output: Path) -> bool:
-    """Whether every entry of OUTPUT is one an `embed --ray` run writes."""
-    names = {STATE, INPUT, MANIFEST, ERRORS}
+    """Whether every entry of OUTPUT is a file that an `embed --ray` run writes."""
     return all(
-        p.name in names or (p.name.startswith(("part-", ".part-")) and p.is_file())
+        p.is_file() and not p.is_symlink() and RAY_OUTPUT.fullmatch(p.name)
         for p in output.iterdir()
     )
 

@@ -221,7 +221,7 @@ class TabularReader:
         with self._csv() as (reader, header):
             text_at = header.index(self.text_field)
             id_at = header.index(self.id_field) if self.id_field else None
-            for number, row in enumerate(_rows_or_errors(reader), start=1):
+            for number, row in enumerate(_rows_or_errors(reader, self.path), start=1):
                 if number <= self._skip:
                     continue
                 self._rows = number
@@ -243,13 +243,24 @@ class TabularReader:
         return self._record(number, text, identifier)
 
 
-def _rows_or_errors(reader) -> Iterator[list[str] | str]:
+def _rows_or_errors(reader, path: Path) -> Iterator[list[str] | str]:
     """The csv READER's rows, with a malformed row as the reason it is bad (the reader goes
-    on after it, at the next line)."""
+    on after it, at the next line). A quote never closed is not one bad row but a broken
+    file: every row after it would be inside that field, so it stops the job whatever
+    --on-error says."""
     while True:
+        first = reader.line_num + 1
         try:
             yield next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            yield f"malformed at line {reader.line_num} ({exc})"
+            if "unexpected end of data" in str(exc):
+                raise CorpusError(
+                    f"{path}: line {first}: a quote opened in this row is never closed, so the "
+                    f"rest of the file (to line {reader.line_num:,}) would be one field"
+                ) from exc
+            yield (
+                f"malformed at line {reader.line_num} ({exc}): a field with a quote in it must "
+                'be quoted whole, its quotes doubled ("")'
+            )

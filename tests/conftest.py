@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 DATA = Path(__file__).parent / "data"
+os.environ.pop("RAY_ADDRESS", None)  # Ray tests start their own instances and clusters
 OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 ENGLISH_TOKENIZER_FILES = (
     "spiece.model",

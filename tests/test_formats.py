@@ -176,19 +176,22 @@ class TestBadRows:
     ):
         sep = "\t" if suffix == ".tsv" else ","
         path = tmp_path / f"c{suffix}"
-        path.write_text(
-            f'doc{sep}body\n1{sep}"Stop!" she said\n2{sep}fine\n3{sep}"unclosed\n4{sep}lost\n',
-            encoding="utf-8",
-        )
-        with pytest.raises(CorpusError, match=rf"c\{suffix}:1: malformed at line 2"):
+        path.write_text(f'doc{sep}body\n1{sep}"Stop!" she said\n2{sep}fine\n3{sep}also fine\n')
+        with pytest.raises(CorpusError, match=rf"c\{suffix}:1: malformed at line 2 .* doubled"):
             embed_corpus(embedder, path, tmp_path / "v.npz", text_field="body", id_field="doc")
         summary = embed_corpus(embedder, path, tmp_path / "v.npz", text_field="body",
                                id_field="doc", on_error="skip", force=True)  # fmt: skip
-        assert read_npz(tmp_path / "v.npz")[0] == ["2"]  # not "Stop! she said", not row 4 in 3
+        assert read_npz(tmp_path / "v.npz")[0] == ["2", "3"]  # not "Stop! she said"
         errors = [json.loads(x) for x in (tmp_path / "v.npz.errors.jsonl").read_text().splitlines()]
-        assert [e["row"] for e in errors] == [1, 3]
-        assert "unexpected end of data" in errors[1]["reason"]
-        assert summary.stats.skipped == 2
+        assert [e["row"] for e in errors] == [1] and summary.stats.skipped == 1
+
+    def test_a_quote_never_closed_stops_the_job_even_when_skipping(self, embedder, tmp_path):
+        path = tmp_path / "c.csv"
+        path.write_text('doc,body\n1,fine\n2,"unclosed\n3,swallowed\n4,swallowed\n')
+        with pytest.raises(CorpusError, match=r"c\.csv: line 3: a quote .* never closed.* line 5"):
+            embed_corpus(embedder, path, tmp_path / "v.npz", text_field="body", id_field="doc",
+                         on_error="skip")  # fmt: skip
+        assert not (tmp_path / "v.npz").exists()
 
     def test_csv_cell_that_is_not_utf8_is_a_bad_row(self, embedder, tmp_path):
         path = tmp_path / "c.csv"

@@ -290,11 +290,13 @@ def test_force_replaces_only_a_ray_output_and_only_once_the_input_is_read(
     kept = tmp_path / "results"
     kept.mkdir()
     (kept / "notes.txt").write_text("mine")
+    for option in ("force", "resume"):
+        with pytest.raises(OutputError, match="not an albert-onnx --ray output"):
+            embed_parts(corpus, kept, english_export, **{option: True})
+    (kept / "notes.txt").rename(kept / "part-00000-9f2c.snappy.parquet")  # Spark's, not ours
     with pytest.raises(OutputError, match="not an albert-onnx --ray output"):
         embed_parts(corpus, kept, english_export, force=True)
-    with pytest.raises(OutputError, match="holds no interrupted --ray run"):
-        embed_parts(corpus, kept, english_export, resume=True)
-    assert [p.name for p in kept.iterdir()] == ["notes.txt"]
+    assert [p.name for p in kept.iterdir()] == ["part-00000-9f2c.snappy.parquet"]
 
     output = tmp_path / "out"
     embed_parts(corpus, output, english_export, id_field="id", workers=1, part_rows=500)
@@ -305,6 +307,12 @@ def test_force_replaces_only_a_ray_output_and_only_once_the_input_is_read(
         embed_parts(broken, output, english_export, force=True)
     assert {p.name: p.read_bytes() for p in output.iterdir()} == before  # nothing lost
 
+    (output / "._manifest.json.tmp").write_text("{")  # as a kill while finishing leaves it
+    again = embed_parts(corpus, output, english_export, id_field="id", workers=1,
+                        part_rows=250, force=True)  # fmt: skip
+    assert again.parts == 4 and sorted(p.name for p in output.iterdir()) == [
+        "_manifest.json", *(f"part-{i:06d}.parquet" for i in range(4))]  # fmt: skip
+
 
 def test_a_worker_no_node_can_hold_is_refused_not_waited_for(english_export, corpus, tmp_path):
     output = tmp_path / "out"
@@ -314,11 +322,14 @@ def test_a_worker_no_node_can_hold_is_refused_not_waited_for(english_export, cor
         env=OFFLINE_ENV, capture_output=True, text=True, timeout=TIMEOUT,
     )  # fmt: skip
     assert done.returncode == 1
-    assert "no Ray node has 512 CPUs for a worker" in done.stderr
+    assert "the Ray nodes hold 0 worker(s) of 512 CPUs, not 1" in done.stderr
     assert not output.exists()
 
 
-def test_a_worker_counts_every_window_and_rebuilds_a_damaged_copy_of_the_model(english_export):
+def test_a_worker_counts_every_window_and_rebuilds_a_damaged_copy_of_the_model(
+    english_export, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's copies alone
     model = worker_model(ModelDir.open(english_export))
     options = {"provider": "cpu", "precision": "fp32", "pooling": None, "normalize": None,
                "max_batch_tokens": None, "long_texts": "chunk", "dtype": "float32"}  # fmt: skip
@@ -332,9 +343,11 @@ def test_a_worker_counts_every_window_and_rebuilds_a_damaged_copy_of_the_model(e
     copy = _materialize(model)
     assert copy.parent.stat().st_mode & 0o077 == 0  # this user's alone
 
-    graph = next(copy.glob("*.onnx"))
+    graph = copy / ModelDir.open(english_export).manifest.variants["fp32"].file
+    original = graph.read_bytes()
     graph.write_bytes(b"damaged by a /tmp cleaner")
     again = EmbedWorker(model, options, "text", "id")(batch)
+    assert graph.read_bytes() == original  # written again, not worked around
     assert np.array_equal(
         np.stack(again.column("vector").to_numpy(zero_copy_only=False)),
         np.stack(first.column("vector").to_numpy(zero_copy_only=False)),
