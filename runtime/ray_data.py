@@ -70,8 +70,8 @@ from albert_onnx.runtime.output_lock import OutputLock
 from albert_onnx.runtime.reader import STDIN, BadLine, Blank, Record, open_corpus
 from albert_onnx.runtime.session import plan
 from albert_onnx.runtime.stats import Stats, count_duplicates
+from albert_onnx.runtime.windows import PART_ROWS, windows
 
-PART_ROWS = 4096
 RETRIES = 3  # restarts of a killed worker, and retries of its task, before the job fails
 STATE, INPUT, MANIFEST, ERRORS = "_state.json", "_input.json", "_manifest.json", "_errors.jsonl"
 TOOK = ("tokens", "truncated", "unknown_script")  # per-row counts that come back with vectors
@@ -490,35 +490,26 @@ def _prepare_output(output: Path, settings: dict, *, fresh: bool) -> None:
 
 
 def _read_parts(reader, part_rows: int, done: set[int], ray):
-    """The corpus in parts of PART_ROWS records (bad and blank lines do not count); those
-    not DONE go to the object store, with each record's index in the corpus."""
+    """The corpus in parts of PART_ROWS records, cut as the single-process job cuts its
+    windows (bad and blank lines do not count); those not DONE go to the object store, with
+    each record's index in the corpus."""
     import pyarrow as pa
 
-    parts, errors, stats, buffer = [], [], Stats(), []
-
-    def flush() -> None:
-        first = stats.docs - len(buffer)
-        index = first // part_rows
-        if index not in done:
+    parts, errors, stats = [], [], Stats()
+    for items in windows(reader, part_rows, counts=lambda item: isinstance(item, Record)):
+        records = [item for item in items if isinstance(item, Record)]
+        errors += [
+            {reader.unit: i.line, "reason": i.reason} for i in items if isinstance(i, BadLine)
+        ]
+        stats.blank_lines += sum(isinstance(item, Blank) for item in items)
+        first, stats.docs = stats.docs, stats.docs + len(records)
+        index = first // part_rows  # every part but the last holds PART_ROWS records
+        if records and index not in done:
             table = pa.table({
-                "part": [index] * len(buffer), "row": list(range(first, stats.docs)),
-                "id": [r.id for r in buffer], "text": [r.text for r in buffer],
+                "part": [index] * len(records), "row": list(range(first, stats.docs)),
+                "id": [r.id for r in records], "text": [r.text for r in records],
             })  # fmt: skip
-            parts.append((index, len(buffer), ray.put(table)))
-        buffer.clear()
-
-    for item in reader:
-        if isinstance(item, Record):
-            buffer.append(item)
-            stats.docs += 1
-            if len(buffer) == part_rows:
-                flush()
-        elif isinstance(item, BadLine):
-            errors.append({reader.unit: item.line, "reason": item.reason})
-        elif isinstance(item, Blank):
-            stats.blank_lines += 1
-    if buffer:
-        flush()
+            parts.append((index, len(records), ray.put(table)))
     stats.skipped = len(errors)
     return parts, errors, reader.position(), stats
 

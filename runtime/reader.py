@@ -5,7 +5,8 @@ gzip file named `.jsonl`, a Parquet file named `.csv` get one sentence saying so
 
 - `.jsonl`, `.jsonl.gz`, and `-` (JSONL on standard input): one JSON object per line;
 - `.txt`, `.txt.gz`: one text per line, the line number is the id;
-- `.parquet`, `.csv`, `.tsv` (and `.csv.gz`, `.tsv.gz`): `tabular.py`, read with pyarrow.
+- `.parquet`, `.csv`, `.tsv` (and `.csv.gz`, `.tsv.gz`): `tabular.py` (Parquet with pyarrow,
+  CSV and TSV with the csv module).
 
 Every line (or row) is accounted for: a record, a blank line (skipped, counted) or a bad
 line (an error that names file, line or row, and field; with on_error="skip" it is

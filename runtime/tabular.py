@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import zlib
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from albert_onnx.errors import CorpusError
+from albert_onnx.runtime.manifest import sha256_of
 from albert_onnx.runtime.options import OnError
 from albert_onnx.runtime.reader import (
     BadLine,
@@ -41,14 +41,6 @@ from albert_onnx.runtime.reader import (
 from albert_onnx.runtime.tokenizer import lone_surrogate
 
 BATCH_ROWS = 256
-
-
-def _file_fingerprint(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return path.stat().st_size, digest.hexdigest()
 
 
 @contextmanager
@@ -80,7 +72,7 @@ class TabularReader:
         self.path, self.format = path, fmt
         self.text_field, self.id_field = text_field, id_field
         self.on_error = on_error
-        self._size, self._sha256 = _file_fingerprint(path)
+        self._size, self._sha256 = path.stat().st_size, sha256_of(path)
         self._skip = self._rows = 0
         columns = self._parquet_columns() if fmt == "parquet" else self._csv_header()
         for field in filter(None, (text_field, id_field)):

@@ -207,8 +207,7 @@ class Service:
         if not np.isfinite(result).all():
             bad = int(np.flatnonzero(~np.isfinite(result).all(axis=1))[0])
             raise ApiError("backend", f"the model gave non-finite values for {call.field}[{bad}]")
-        tokens = sum(len(doc[0]) for doc in docs)
-        return (l2_normalize(result) if call.normalize else result), tokens
+        return (l2_normalize(result) if call.normalize else result), job.tokens
 
 
 async def _client_gone(request: Request) -> None:
