@@ -18,8 +18,7 @@ from rich.table import Table
 from albert_onnx.errors import AlbertOnnxError, CorpusError, ManifestError
 from albert_onnx.runtime.manifest import verified_file
 from albert_onnx.runtime.options import Dtype, LongTexts, OnError, Pooling, Precision, Provider
-from albert_onnx.runtime.ray_data import PART_ROWS
-from albert_onnx.runtime.windows import WINDOW_TEXTS
+from albert_onnx.runtime.windows import PART_ROWS, WINDOW_TEXTS
 
 SHORT_OP = {
     "MultiHeadAttention": "MHA",

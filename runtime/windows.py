@@ -18,6 +18,7 @@ from typing import TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 WINDOW_TEXTS = 4096
+PART_ROWS = 4096  # `embed --ray`: records per part, each one block for a Ray worker
 _DONE = object()
 
 
