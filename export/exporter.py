@@ -34,6 +34,7 @@ from albert_onnx.export.optimize import (
 from albert_onnx.export.parity import ParityProbe
 from albert_onnx.export.tokenizer_files import write_tokenizer
 from albert_onnx.runtime.manifest import (
+    MANIFEST_NAME,
     POOLING_MODES,
     VARIANT_FILES,
     Manifest,
@@ -48,6 +49,13 @@ MIN_POOLED_COSINE = 0.99
 OPSET = 17
 TOOLS = ("albert-onnx", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu",
          "tokenizers")  # fmt: skip
+
+TOKENIZER_FILE, WORDS_FILE, PROJECTION_FILE = (
+    "tokenizer.json", "word_embeddings.npy", "embedding_projection.npz"
+)  # fmt: skip
+# what an export writes, and all that --force may replace
+WRITTEN = frozenset({MANIFEST_NAME, *VARIANT_FILES.values(), TOKENIZER_FILE, WORDS_FILE,
+                     PROJECTION_FILE})  # fmt: skip
 
 Log = Callable[[str], None]
 
@@ -78,6 +86,8 @@ def export_model(
     occupied = output.is_file() or (output.is_dir() and any(output.iterdir()))
     if occupied and not force:
         raise ExportError(f"{output} already exists and is not empty; pass --force to replace it")
+    if occupied:
+        _refuse_foreign(output)
     checkpoint = resolve_checkpoint(model, revision)
     _refuse_overlap(output, checkpoint.root)
     pooling = pooling or checkpoint.pooling or "mean"
@@ -99,6 +109,28 @@ def export_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def _refuse_foreign(output: Path) -> None:
+    """--force replaces a model directory an export wrote, and nothing else: not a file, not
+    a directory without a manifest, not one holding anything an export does not write."""
+    if not output.is_dir():
+        raise ExportError(
+            f"{output} is a file, not a model directory; --force replaces only a model "
+            "directory an export wrote: remove it yourself or choose another output"
+        )
+    if not (output / MANIFEST_NAME).is_file():
+        raise ExportError(
+            f"{output} is not an albert-onnx model directory (it has no {MANIFEST_NAME}); "
+            "--force replaces only a model directory an export wrote: choose another output"
+        )
+    foreign = sorted(p.name for p in output.iterdir() if p.name not in WRITTEN or not p.is_file())
+    if foreign:
+        raise ExportError(
+            f"{output} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
+            "which an export does not write; --force replaces only what an export wrote: "
+            "move it out or choose another output"
+        )
 
 
 def _refuse_overlap(output: Path, source: Path) -> None:
@@ -127,9 +159,9 @@ def _build(
         checkpoint.tokenizer_dir,
         config["vocab_size"],
         config["max_position_embeddings"],
-        staging / "tokenizer.json",
+        staging / TOKENIZER_FILE,
     )
-    tokenizer_record["sha256"] = sha256_of(staging / "tokenizer.json")
+    tokenizer_record["sha256"] = sha256_of(staging / TOKENIZER_FILE)
     albert = load_albert(checkpoint.model_dir)
     model = PooledAlbert(albert, pooling).eval()
 
@@ -161,7 +193,7 @@ def _build(
 
     log("parity")
     probe = ParityProbe(
-        model, TextTokenizer(staging / "tokenizer.json", tokenizer_record["max_length"])
+        model, TextTokenizer(staging / TOKENIZER_FILE, tokenizer_record["max_length"])
     )
     variants = {}
     for name, path in graphs.items():
@@ -231,17 +263,17 @@ def _write_word_embeddings(albert, staging: Path) -> dict[str, str]:
     """The V x E table, and the E -> H projection that maps it into the encoder's space."""
     table = albert.embeddings.word_embeddings.weight.detach().numpy().astype(np.float32)
     projection = albert.encoder.embedding_hidden_mapping_in
-    np.save(staging / "word_embeddings.npy", table)
+    np.save(staging / WORDS_FILE, table)
     np.savez(
-        staging / "embedding_projection.npz",
+        staging / PROJECTION_FILE,
         weight=projection.weight.detach().numpy().astype(np.float32),
         bias=projection.bias.detach().numpy().astype(np.float32),
     )
     return {
-        "file": "word_embeddings.npy",
-        "sha256": sha256_of(staging / "word_embeddings.npy"),
-        "projection_file": "embedding_projection.npz",
-        "projection_sha256": sha256_of(staging / "embedding_projection.npz"),
+        "file": WORDS_FILE,
+        "sha256": sha256_of(staging / WORDS_FILE),
+        "projection_file": PROJECTION_FILE,
+        "projection_sha256": sha256_of(staging / PROJECTION_FILE),
     }
 
 

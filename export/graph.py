@@ -7,13 +7,16 @@ graph has the MatMul/Softmax pattern that onnxruntime's transformer optimizer fu
 
 from __future__ import annotations
 
+import pickle
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from albert_onnx.errors import ExportError
+from albert_onnx.export.checkpoint import WEIGHT_FILES
 
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 OUTPUT_NAMES = ["last_hidden_state", "sentence_embedding"]
@@ -53,25 +56,50 @@ class PooledAlbert(nn.Module):
 
 
 def load_albert(model_dir: Path) -> nn.Module:
-    """AlbertModel with eager attention (fusable), without the unused pooler head."""
+    """AlbertModel with eager attention (fusable), without the unused pooler head. A weights
+    file that cannot be read, or a config.json whose sizes are not the weights', is one
+    ExportError naming the file and what is wrong."""
+    from safetensors import SafetensorError
     from transformers import AlbertModel
     from transformers.utils import logging
 
+    weights = next((model_dir / n for n in WEIGHT_FILES if (model_dir / n).is_file()), model_dir)
     # "some weights not used" is expected for MLM checkpoints; quiet for this call only
     verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
     logging.disable_progress_bar()
+    load = partial(
+        AlbertModel.from_pretrained, model_dir, attn_implementation="eager",
+        add_pooling_layer=False,
+    )  # fmt: skip
     try:
-        model = AlbertModel.from_pretrained(
-            model_dir, attn_implementation="eager", add_pooling_layer=False
-        )
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"{model_dir}: the weights could not be loaded ({exc})") from exc
+        model = load()
+    except SafetensorError as exc:
+        raise ExportError(f"{weights}: not a readable safetensors file ({_cause(exc)})") from exc
+    except RuntimeError as exc:
+        if "mismatched" not in str(exc) and "size mismatch" not in str(exc):
+            raise ExportError(f"{weights}: the weights could not be loaded ({_cause(exc)})") from exc
+        _, info = load(ignore_mismatched_sizes=True, output_loading_info=True)
+        mismatched = sorted(info["mismatched_keys"], key=lambda m: m[0])
+        key, found, expected = mismatched[0]
+        raise ExportError(
+            f"{model_dir / 'config.json'}: its sizes do not match the weights in {weights.name} "
+            f"({len(mismatched)} tensors differ; {key} is {tuple(found)} in the weights, "
+            f"{tuple(expected)} by the config)"
+        ) from exc
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        raise ExportError(f"{weights}: the weights could not be loaded ({_cause(exc)})") from exc
     finally:
         logging.set_verbosity(verbosity)
         if bars:
             logging.enable_progress_bar()
     return model.eval()
+
+
+def _cause(exc: BaseException, limit: int = 160) -> str:
+    """The first line of EXC's message, cut to LIMIT characters: one line for the user."""
+    line = next((x.strip() for x in str(exc).splitlines() if x.strip()), type(exc).__name__)
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def export_onnx(model: PooledAlbert, destination: Path, opset: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 
@@ -20,7 +21,7 @@ from albert_onnx.export.exporter import export_model
 from albert_onnx.export.graph import pool
 from albert_onnx.runtime.manifest import FORMAT_VERSION, VARIANT_FILES, load_manifest
 
-from conftest import build_checkpoint, build_sentence_transformer
+from conftest import build_checkpoint, build_sentence_transformer, run_cli
 
 BATCH_SIZES = (1, 3, 8)
 LENGTHS = (5, 64, 300)
@@ -250,6 +251,41 @@ class TestRefusals:
         with pytest.raises(ExportError, match="no tokenizer"):
             export_model(str(bad), tmp_path / "out")
 
+    @pytest.mark.parametrize(
+        ("damage", "message"),
+        [
+            ("cut in half", r"model\.safetensors: not a readable safetensors file \(.*"),
+            ("zero bytes", r"model\.safetensors: not a readable safetensors file \(.*"),
+            ("a bogus header", r"model\.safetensors: not a readable safetensors file \(.*"),
+            (
+                "config sizes unlike the weights",
+                r"config\.json: its sizes do not match the weights in model\.safetensors "
+                r"\(\d+ tensors differ; .* is \(64,?.*\) in the weights, \(128,?.*\) by "
+                r"the config\)",
+            ),
+        ],
+    )
+    def test_a_damaged_checkpoint_is_one_line_naming_the_file(
+        self, tmp_path, english_checkpoint, damage, message
+    ):
+        checkpoint = shutil.copytree(english_checkpoint, tmp_path / "ckpt")
+        weights = checkpoint / "model.safetensors"
+        if damage == "cut in half":
+            os.truncate(weights, weights.stat().st_size // 2)
+        elif damage == "zero bytes":
+            weights.write_bytes(b"")
+        elif damage == "a bogus header":
+            weights.write_bytes(b"\xff" * 8 + b"not safetensors" * 64)
+        else:
+            config = json.loads((checkpoint / "config.json").read_text())
+            (checkpoint / "config.json").write_text(json.dumps({**config, "hidden_size": 128}))
+        result = run_cli("export", checkpoint, "-o", tmp_path / "out")
+        assert result.returncode == 1
+        lines = [line for line in result.stderr.splitlines() if line != "tokenizer"]
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        assert re.search(message, lines[0]), lines[0]
+        assert not (tmp_path / "out").exists()
+
     def test_existing_output_needs_force(self, tmp_path, english_checkpoint):
         output = tmp_path / "out"
         output.mkdir()
@@ -257,17 +293,39 @@ class TestRefusals:
         with pytest.raises(ExportError, match="--force"):
             export_model(str(english_checkpoint), output)
         assert (output / "keep.txt").read_text() == "mine"
-        export_model(str(english_checkpoint), output, force=True)
-        assert not (output / "keep.txt").exists() and (output / "model.onnx").is_file()
 
-    def test_output_that_is_a_file_needs_force(self, tmp_path, english_checkpoint):
-        output = tmp_path / "out"
-        output.write_text("mine")
-        with pytest.raises(ExportError, match="--force"):
-            export_model(str(english_checkpoint), output)
-        assert output.read_text() == "mine"
+    def test_force_replaces_a_model_directory(self, tmp_path, english_checkpoint, english_export):
+        output = shutil.copytree(english_export, tmp_path / "out")
+        (output / "model.fp16.onnx").write_bytes(b"an older export")
         export_model(str(english_checkpoint), output, force=True)
-        assert (output / "model.onnx").is_file()
+        assert (output / "model.onnx").is_file() and not (output / "model.fp16.onnx").exists()
+
+    @pytest.mark.parametrize(
+        ("layout", "message"),
+        [
+            ("a user's directory", "not an albert-onnx model directory"),
+            ("a model directory holding a user's file", "holds notes.txt, which an export"),
+            ("a file", "is a file, not a model directory"),
+        ],
+    )
+    def test_force_never_deletes_what_an_export_did_not_write(
+        self, tmp_path, english_checkpoint, english_export, layout, message
+    ):
+        """`export CKPT -o userdir --force` deleted userdir's files: --force replaces only a
+        model directory an export wrote, and only if it holds nothing else."""
+        output = tmp_path / "userdir"
+        if layout == "a file":
+            output.write_text("precious")
+        elif layout == "a user's directory":
+            (output / "sub").mkdir(parents=True)
+            (output / "important.txt").write_text("precious")
+        else:
+            shutil.copytree(english_export, output)
+            (output / "notes.txt").write_text("precious")
+        before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+        with pytest.raises(ExportError, match=message):
+            export_model(str(english_checkpoint), output, force=True)
+        assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
 
     def test_parity_failure_fails_the_export_and_writes_nothing(
         self, tmp_path, english_checkpoint, monkeypatch
