@@ -27,7 +27,8 @@ def fsync_dir(directory: Path) -> None:
 @contextmanager
 def replacing(path: Path) -> Iterator[Path]:
     """A temporary sibling to write, renamed onto PATH at the end. On failure it is removed,
-    and an OSError that names no file (a failed write) is made to name PATH."""
+    and an OSError that names no file (a failed write) is made to name PATH, keeping its
+    reason (a library's OSError may carry a message and no errno)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         yield tmp
@@ -35,7 +36,8 @@ def replacing(path: Path) -> Iterator[Path]:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if exc.filename is None:
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise OSError(exc.errno, reason, str(path)) from exc
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)

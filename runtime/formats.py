@@ -56,6 +56,13 @@ def write_errors_jsonl(f: BinaryIO, shards: Shards) -> None:
         f.write("".join(json.dumps(e) + "\n" for e in meta["errors"]).encode())
 
 
+def write_npy(f: BinaryIO, array: np.ndarray) -> None:
+    """ARRAY as a .npy file through F's own writes, so a failed write keeps the OS's reason
+    (numpy's `save` to a real file reports a short write as "N requested and M written")."""
+    _header(f, array.dtype, array.shape)
+    _raw(f, array)
+
+
 def _header(f: BinaryIO, dtype: np.dtype, shape: tuple[int, ...]) -> None:
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
     np.lib.format.write_array_header_2_0(f, header)

@@ -112,7 +112,7 @@ def embed_corpus(
         for items, (position, records, docs) in prepared(groups, prepare):
             vectors, window = embedder.embed_docs(docs, on_batch)
             errors = [
-                {reader.unit: i.line, "reason": i.reason} for i in items if isinstance(i, BadLine)
+                i.error() for i in items if isinstance(i, BadLine)
             ]
             window.skipped = len(errors)
             window.blank_lines = sum(isinstance(item, Blank) for item in items)

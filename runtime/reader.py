@@ -61,6 +61,11 @@ class BadLine:
     line: int
     reason: str
 
+    def error(self) -> dict[str, int | str]:
+        """Its entry in an errors file: `line` is the line of a JSONL or text file, the data
+        row (1 = the first after the header) of a CSV, TSV or Parquet file."""
+        return {"line": self.line, "reason": self.reason}
+
 
 @dataclass(frozen=True)
 class Blank:
@@ -83,7 +88,6 @@ class Position:
 
 class Reader(Protocol):
     path: Path
-    unit: str  # "line" or "row": what an error's number counts
     start: Position
     id_kind: IdKind | None
     format: str
@@ -207,7 +211,6 @@ def open_corpus(
 class LineReader:
     """JSONL or plain text, one record per line, from a file (gzip or not) or stdin."""
 
-    unit = "line"
 
     def __init__(
         self,

@@ -58,8 +58,6 @@ def _csv_field_limit() -> Iterator[None]:
 class TabularReader:
     """Rows of a Parquet, CSV or TSV file as records, blank rows and bad rows."""
 
-    unit = "row"
-
     def __init__(
         self,
         path: Path,
@@ -78,6 +76,11 @@ class TabularReader:
         for field in filter(None, (text_field, id_field)):
             if field not in columns:
                 raise CorpusError(f"{path}: no column '{field}' (it has {', '.join(columns)})")
+            if columns.count(field) > 1:
+                raise CorpusError(
+                    f"{path}: {columns.count(field)} columns are named '{field}'; which one "
+                    "to read is not clear: rename the others"
+                )
         kind = self._parquet_id_kind() if fmt == "parquet" else "str" if id_field else "int"
         self._ids = IdRule(id_field, kind)
         self.start = Position(0, self._size, self._sha256, kind)
@@ -144,9 +147,19 @@ class TabularReader:
     def _parquet_id_kind(self) -> IdKind:
         import pyarrow as pa
 
-        def textual(name: str) -> bool:
+        def values(name: str) -> pa.DataType:
+            """The column's value type: a dictionary-encoded column (pandas' Categorical)
+            holds its dictionary's values."""
             kind = self._schema.field(name).type
-            return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            return kind.value_type if pa.types.is_dictionary(kind) else kind
+
+        def textual(name: str) -> bool:
+            kind = values(name)
+            return (
+                pa.types.is_string(kind)
+                or pa.types.is_large_string(kind)
+                or pa.types.is_string_view(kind)
+            )
 
         if not textual(self.text_field):
             found = self._schema.field(self.text_field).type
@@ -154,7 +167,7 @@ class TabularReader:
         if self.id_field is None:
             return "int"
         id_type = self._schema.field(self.id_field).type
-        if pa.types.is_integer(id_type):
+        if pa.types.is_integer(values(self.id_field)):
             return "int"
         if textual(self.id_field):
             return "str"

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from albert_onnx.errors import InputError, ManifestError
 from albert_onnx.runtime.manifest import verified_file
 from albert_onnx.runtime.model_dir import ModelDir
-from albert_onnx.runtime.tokenizer import METASPACE
+from albert_onnx.runtime.tokenizer import METASPACE, lone_surrogate
 
 
 class WordVectors:
@@ -40,6 +40,12 @@ class WordVectors:
         self.tokenizer = Tokenizer.from_file(str(opened.tokenizer()))
 
     def pieces(self, word: str) -> list[tuple[str, int]]:
+        position = lone_surrogate(word)
+        if position is not None:  # from a command line, bytes that are not UTF-8
+            raise InputError(
+                f"{word!r} is not valid text: a lone surrogate at character {position} "
+                "(on a command line: bytes that are not UTF-8)"
+            )
         encoding = self.tokenizer.encode(word, add_special_tokens=False)
         return [
             (t, i) for t, i in zip(encoding.tokens, encoding.ids, strict=True) if t != METASPACE

@@ -29,6 +29,7 @@ from albert_onnx.runtime.formats import (
     RAGGED_FORMATS,
     write_errors_jsonl,
     write_ids_jsonl,
+    write_npy,
     write_output,
 )
 from albert_onnx.runtime.options import Dtype, check_choice
@@ -178,7 +179,7 @@ class ShardWriter:
             width = vectors[0].shape[1] if lengths else 0
             vectors = np.concatenate(vectors) if lengths else np.zeros((0, width))
         array = np.ascontiguousarray(vectors, dtype=self.dtype)
-        atomic_write(self.parts / f"{name}.npy", lambda f: np.save(f, array))
+        atomic_write(self.parts / f"{name}.npy", lambda f: write_npy(f, array))
         meta = {"ids": ids, "errors": errors, "lengths": lengths}
         atomic_write(self.parts / f"{name}.json", lambda f: f.write(json.dumps(meta).encode()))
         self.state["shards"].append({"rows": len(ids), "vector_rows": len(array)})

@@ -72,6 +72,22 @@ class TestEveryFormat:
             got_ids, vectors = read_npz(tmp_path / "v.npz")
             assert got_ids == ids and np.abs(vectors - expected).max() < 1e-5
 
+    @pytest.mark.parametrize(
+        "kind", ["dictionary (pandas Categorical)", "string_view", "large_string"]
+    )
+    def test_parquet_text_of_every_string_kind(self, embedder, expected, tmp_path, kind):
+        texts, ids = pa.array(TEXTS), pa.array([f"d{i}" for i in range(6)])
+        if kind.startswith("dictionary"):
+            texts, ids = texts.dictionary_encode(), ids.dictionary_encode()
+        else:
+            texts, ids = texts.cast(getattr(pa, kind)()), ids.cast(getattr(pa, kind)())
+        path = tmp_path / "c.parquet"
+        pq.write_table(pa.table({"doc": ids, "body": texts}), path)
+        assert str(pq.read_schema(path).field("body").type) != "string"  # the kind survives
+        embed_corpus(embedder, path, tmp_path / "v.npz", text_field="body", id_field="doc")
+        got_ids, vectors = read_npz(tmp_path / "v.npz")
+        assert got_ids == [f"d{i}" for i in range(6)] and np.abs(vectors - expected).max() < 1e-5
+
     @pytest.mark.parametrize(("name", "delimiter"), [("c.csv", ","), ("c.tsv", "\t")])
     def test_csv_and_tsv_with_quotes_and_newlines_in_values(
         self, embedder, expected, tmp_path, name, delimiter
@@ -150,8 +166,8 @@ class TestBadRows:
         errors = [json.loads(x) for x in (tmp_path / "v.npy.errors.jsonl").read_text().split("\n")
                   if x]  # fmt: skip
         assert errors == [
-            {"row": 3, "reason": "field 'text' is null"},
-            {"row": 4, "reason": "field 'id' is null"},
+            {"line": 3, "reason": "field 'text' is null"},  # `line`: the data row, here
+            {"line": 4, "reason": "field 'id' is null"},
         ]
         assert summary.stats.docs == 2
 
@@ -168,7 +184,7 @@ class TestBadRows:
         assert read_npz(tmp_path / "v.npz")[0] == [1, 4]  # row numbers: the bad and blank count
         assert (summary.stats.skipped, summary.stats.blank_lines) == (1, 1)
         errors = (tmp_path / "v.npz.errors.jsonl").read_text()
-        assert json.loads(errors) == {"row": 2, "reason": "has 4 fields, the header 2"}
+        assert json.loads(errors) == {"line": 2, "reason": "has 4 fields, the header 2"}
 
     @pytest.mark.parametrize("suffix", [".csv", ".tsv"])
     def test_a_quote_out_of_place_is_a_bad_row_that_swallows_nothing(
@@ -183,7 +199,7 @@ class TestBadRows:
                                id_field="doc", on_error="skip", force=True)  # fmt: skip
         assert read_npz(tmp_path / "v.npz")[0] == ["2", "3"]  # not "Stop! she said"
         errors = [json.loads(x) for x in (tmp_path / "v.npz.errors.jsonl").read_text().splitlines()]
-        assert [e["row"] for e in errors] == [1] and summary.stats.skipped == 1
+        assert [e["line"] for e in errors] == [1] and summary.stats.skipped == 1
 
     def test_a_quote_never_closed_stops_the_job_even_when_skipping(self, embedder, tmp_path):
         path = tmp_path / "c.csv"
@@ -201,6 +217,15 @@ class TestBadRows:
         embed_corpus(embedder, path, tmp_path / "v.npz", text_field="body", id_field="doc",
                      on_error="skip", force=True)  # fmt: skip
         assert read_npz(tmp_path / "v.npz")[0] == ["1", "3"]
+
+    @pytest.mark.parametrize("header", ["doc,text,text", "text,doc,doc"])
+    def test_a_column_named_twice_is_refused_not_guessed(self, embedder, tmp_path, header):
+        path = tmp_path / "c.csv"
+        path.write_text(f"{header}\n1,a,b\n")
+        twice = header.split(",")[-1]
+        with pytest.raises(CorpusError, match=f"2 columns are named '{twice}'"):
+            embed_corpus(embedder, path, tmp_path / "v.npz", id_field="doc")
+        assert not (tmp_path / "v.npz").exists()
 
     def test_csv_missing_column(self, embedder, tmp_path):
         path = write_csv(tmp_path / "c.csv", [["1", "x"]])

@@ -8,6 +8,7 @@ turn into promises.
 from __future__ import annotations
 
 import json
+import re
 import resource
 import shutil
 import signal
@@ -196,6 +197,39 @@ def test_9_a_full_disk_is_one_line_leaves_no_temporary_file_and_can_be_resumed(
     assert resumed.returncode == 0, resumed.stderr
     reference = Embedder(english_export, provider="cpu", precision="fp32").embed(real_texts()[:200])
     assert np.abs(np.load(tmp_path / "v.npy") - reference).max() < 1e-5
+
+
+def can_mount_a_private_filesystem() -> bool:
+    try:
+        probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30)
+    except FileNotFoundError:
+        return False
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(
+    not can_mount_a_private_filesystem(), reason="needs unshare -rm (user and mount namespaces)"
+)
+@pytest.mark.parametrize("fmt", [".npy", ".npz", ".parquet", ".jsonl"])
+def test_9_a_really_full_disk_says_so_in_every_format(english_export, tmp_path, fmt):
+    """A 24 kB tmpfs, mounted in a namespace of the run's own: a shard's write fails with
+    ENOSPC midway. It was reported as `[Errno None] None` (numpy's short-write message,
+    without its cause); now it says what the OS said."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    corpus = write_jsonl(tmp_path / "c.jsonl", real_texts()[:200])
+    script = 'mount -t tmpfs -o size=24k tmpfs "$1" && shift && exec "$@"'
+    full = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, "sh", str(disk), sys.executable, "-m",
+         "albert_onnx", "embed", str(corpus), "-o", str(disk / f"v{fmt}"), "--model",
+         str(english_export), "--window-texts", "25", "--no-progress", "--provider", "cpu"],
+        env=OFFLINE_ENV, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert full.returncode == 1 and "Traceback" not in full.stderr
+    error = full.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf"error: {disk}/v\{fmt}\.parts/\d{{6}}\.npy: No space left on device", error
+    )
 
 
 def test_9_a_manifest_that_is_not_an_object_is_one_line(english_export, tmp_path):

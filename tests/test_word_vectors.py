@@ -9,6 +9,8 @@ from transformers import AlbertModel
 
 from albert_onnx.runtime.word_vectors import WordVectors
 
+from conftest import run_cli
+
 
 @pytest.fixture(scope="module")
 def torch_model(english_checkpoint):
@@ -42,3 +44,15 @@ def test_word_boundary_piece_is_not_averaged_in(english_export):
 def test_empty_word_is_an_error(english_export):
     with pytest.raises(ValueError, match="no word pieces"):
         WordVectors(english_export).vector("   ")
+
+
+def test_a_word_that_is_not_utf8_is_one_line(english_export):
+    """A shell passes `$(printf 'a\xffb')` as bytes; Python keeps the 0xff as a lone
+    surrogate, which the tokenizer cannot take: one line, not a TypeError traceback."""
+    result = run_cli("word-vectors", "fine", "a\udcffb", "--model", english_export)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        "error: 'a\\udcffb' is not valid text: a lone surrogate at character 1 (on a command "
+        "line: bytes that are not UTF-8)"
+    ]
