@@ -19,6 +19,7 @@ from albert_onnx.errors import AlbertOnnxError, CorpusError, ManifestError
 from albert_onnx.runtime.manifest import verified_file
 from albert_onnx.runtime.options import Dtype, LongTexts, OnError, Pooling, Precision, Provider
 from albert_onnx.runtime.windows import PART_ROWS, WINDOW_TEXTS
+from albert_onnx.serve.config import ServeConfig as Serve
 
 SHORT_OP = {
     "MultiHeadAttention": "MHA",
@@ -361,77 +362,93 @@ def serve(
         typer.Option(
             help="Address to bind (keep 127.0.0.1 unless a proxy or load balancer fronts it)."
         ),
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (0: any free one, printed at start).")] = 8080,
+    ] = Serve.host,
+    port: Annotated[
+        int, typer.Option(help="Port (0: any free one, printed at start).")
+    ] = Serve.port,
     api_key: Annotated[
         str | None,
         typer.Option(
             envvar="ALBERT_ONNX_API_KEY",
             help="Require 'Authorization: Bearer KEY' (or set ALBERT_ONNX_API_KEY).",
         ),
-    ] = None,
-    provider: ProviderOption = "auto",
+    ] = Serve.api_key,
+    provider: ProviderOption = Serve.provider,
     precision: Annotated[
         Precision,
         typer.Option(help="Graph variant; fp32 for vectors that do not depend on other traffic."),
-    ] = "auto",
+    ] = Serve.precision,
     threads: Annotated[
         int | None, typer.Option(help="CPU threads (default: cores available).")
-    ] = None,
-    device_id: Annotated[int | None, typer.Option(help="CUDA device index.")] = None,
+    ] = Serve.threads,
+    device_id: Annotated[int | None, typer.Option(help="CUDA device index.")] = Serve.device_id,
     max_batch_tokens: Annotated[
         int | None, typer.Option(help="Padded tokens per batch (default: by provider).")
-    ] = None,
+    ] = Serve.max_batch_tokens,
     max_queue_tokens: Annotated[
         int | None,
         typer.Option(
             help="Tokens waiting before new requests get 429 (default: "
             "8 batches, at least one full request)."
         ),
-    ] = None,
+    ] = Serve.max_queue_tokens,
     max_inputs_per_request: Annotated[
         int, typer.Option(help="Inputs per request (413 past it).")
-    ] = 256,
+    ] = Serve.max_inputs_per_request,
     max_wait_ms: Annotated[
         float, typer.Option(help="Longest an idle engine waits for more requests to batch.")
-    ] = 2.0,
+    ] = Serve.max_wait_ms,
     max_body_bytes: Annotated[
         int, typer.Option(help="Request body limit (413 past it).")
-    ] = 2_000_000,
+    ] = Serve.max_body_bytes,
     truncate: Annotated[
         bool,
         typer.Option(
             help="Truncate inputs over the model's max length; --no-truncate answers 422 instead."
         ),
-    ] = True,
+    ] = Serve.truncate,
     isolate_requests: Annotated[
         bool, typer.Option(help="Run each request alone: no batching across requests (slower).")
-    ] = False,
+    ] = Serve.isolate_requests,
     drain_seconds: Annotated[
         float, typer.Option(help="On SIGTERM, how long requests in flight may take to finish.")
-    ] = 30.0,
+    ] = Serve.drain_seconds,
     drain_min_seconds: Annotated[
         float,
         typer.Option(
             help="On SIGTERM, answer 503 at least this long (a load balancer's "
             "check interval) before exiting."
         ),
-    ] = 0.0,
+    ] = Serve.drain_min_seconds,
     served_model_name: Annotated[
         str | None, typer.Option(help="Model name clients send (default: the directory's name).")
-    ] = None,
+    ] = Serve.served_model_name,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            help="Open connections at most; past it a new one closes the one waiting longest "
+            "for its request (default: 2048, or what the open-file limit leaves room for)."
+        ),
+    ] = Serve.max_connections,
+    request_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds for a whole request (headers, body) to arrive (408 past it)."),
+    ] = Serve.request_timeout,
+    keep_alive_seconds: Annotated[
+        float,
+        typer.Option(help="Idle time before a connection between requests is closed."),
+    ] = Serve.keep_alive_seconds,
 ) -> None:
     """Serve embeddings over HTTP: OpenAI /v1/embeddings and text-embeddings-inference /embed."""
     try:
-        from albert_onnx.serve.config import ServeConfig
         from albert_onnx.serve.server import serve as run_server
     except ImportError as exc:
         raise fail(
             f"serve needs the serve extra: pip install 'albert-onnx[cpu,serve]' ({exc})"
         ) from exc
     with reported():
-        run_server(
-            ServeConfig(
+        status = run_server(
+            Serve(
                 model=model, host=host, port=port, api_key=api_key, provider=provider,
                 precision=precision, threads=threads, device_id=device_id,
                 max_batch_tokens=max_batch_tokens, max_queue_tokens=max_queue_tokens,
@@ -439,9 +456,11 @@ def serve(
                 max_body_bytes=max_body_bytes, truncate=truncate,
                 isolate_requests=isolate_requests, drain_seconds=drain_seconds,
                 drain_min_seconds=drain_min_seconds,
-                served_model_name=served_model_name,
+                served_model_name=served_model_name, max_connections=max_connections,
+                request_timeout=request_timeout, keep_alive_seconds=keep_alive_seconds,
             )
         )  # fmt: skip
+    raise typer.Exit(status)
 
 
 @app.command("word-vectors")

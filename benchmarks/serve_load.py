@@ -1,6 +1,7 @@
 """Closed-loop load on `albert-onnx serve`, beside its two baselines, in one sitting.
 
     python benchmarks/serve_load.py [--model DIR] [--seconds 15] [--rss-requests 50000]
+    python benchmarks/serve_load.py --fairness-only --before-site DIR [--fairness-seconds 60]
 
 Everything runs on this machine over loopback: the servers are started as users start them
 (`albert-onnx serve --port 0`, each in its own process) and stopped with SIGTERM; the load
@@ -19,6 +20,11 @@ Every level is bounded in time and in requests.
   `run` on the same tokenized text) and the whole in-process `Embedder.embed([text])`.
 - Memory: 50,000 short requests; the server's RSS after the first 5,000 and at the end.
 - INT8 batch companions: each text embedded alone and within a batch of others.
+- Fairness: one client sending one-text requests while another sends requests of 256
+  texts of 400 words, each as soon as its last is answered: the small requests' latency and
+  the total throughput. With `--before-site DIR` (an older albert-onnx installed there with
+  `pip install --no-deps --target DIR`), the same scenario, and the mixed workload at 64
+  clients, also run on that server in the same sitting: before and after.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -50,12 +57,18 @@ LEVELS = (1, 8, 64, 256)
 SHORT = "How do I reset my password?"
 
 
-def start_server(model: str | None, *args: str) -> tuple[subprocess.Popen, str]:
+def start_server(
+    model: str | None, *args: str, site: Path | None = None
+) -> tuple[subprocess.Popen, str]:
+    """A server of this checkout's albert-onnx, or of the one installed in SITE."""
     command = [sys.executable, "-m", "albert_onnx", "serve", "--port", "0", *args]
     if model:
         command += ["--model", model]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if site:  # sys.path comes before the editable install's finder; the checkout must not
+        env["PYTHONPATH"] = str(site)  # be the working directory, which -m puts first
     process = subprocess.Popen(
-        command, stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        command, stderr=subprocess.PIPE, text=True, env=env, cwd=site or None
     )
     match = re.search(r"serving on (http://127\.0\.0\.1:\d+)", process.stderr.readline())
     if not match:
@@ -126,6 +139,58 @@ async def closed_loop(
         "p95_ms": 1000 * percentile(latencies, 95),
         "p99_ms": 1000 * percentile(latencies, 99),
     }
+
+
+async def small_behind_large(url: str, large: list[str], seconds: float, warmup: float) -> dict:
+    """One client sending LARGE again and again, another one short text at a time; the
+    small requests' latency, the large ones', and the tokens of both per second."""
+    found = {"small": [], "large": [], "tokens": 0, "statuses": {}}
+    start = time.perf_counter()
+    measure_from, end = start + warmup, start + warmup + seconds
+    async with client_session(url, 2) as http:
+
+        async def client(name: str, texts: list[str]) -> None:
+            while time.perf_counter() < end:
+                sent = time.perf_counter()
+                body = {"input": texts, "encoding_format": "base64"}
+                async with http.post("/v1/embeddings", json=body) as response:
+                    answer = await response.read()
+                done = time.perf_counter()
+                code = str(response.status)
+                found["statuses"][code] = found["statuses"].get(code, 0) + 1
+                if response.status == 200 and sent >= measure_from and done <= end:
+                    found[name].append(done - sent)
+                    found["tokens"] += json.loads(answer)["usage"]["prompt_tokens"]
+
+        await asyncio.gather(client("large", large), client("small", [SHORT]))
+    small, big = found["small"], found["large"]
+    return {
+        "seconds": seconds,
+        "small_requests": len(small),
+        "small_p50_ms": 1000 * percentile(small, 50),
+        "small_p99_ms": 1000 * percentile(small, 99),
+        "small_max_ms": 1000 * max(small, default=float("nan")),
+        "large_requests": len(big),
+        "large_p50_ms": 1000 * percentile(big, 50),
+        "tokens_per_s": found["tokens"] / seconds,
+        "statuses": found["statuses"],
+    }
+
+
+def fairness(model: str | None, site: Path | None, seconds: float) -> dict:
+    """The small-behind-large scenario and the mixed workload at 64 clients, on one server."""
+    words = " ".join(wikitext_lines()).split()
+    large = [" ".join(words[i * 400 : (i + 1) * 400]) for i in range(256)]
+    process, url = start_server(model, "--provider", "cpu", site=site)
+    try:
+        found = asyncio.run(small_behind_large(url, large, seconds, warmup=10.0))
+        found["mixed_64"] = asyncio.run(
+            closed_loop(url, 64, make_requests(mixed(wikitext_lines(), sts_sentences()), 100_000),
+                        seconds / 2)
+        )  # fmt: skip
+    finally:
+        found["exit_code"] = stop_server(process)
+    return found
 
 
 def client_session(url: str, clients: int) -> aiohttp.ClientSession:
@@ -208,7 +273,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="measured time per level")
     parser.add_argument("--rss-requests", type=int, default=50_000)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--fairness-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--before-site",
+        type=Path,
+        default=None,
+        help="an older albert-onnx (pip install --no-deps --target DIR)",
+    )
+    parser.add_argument("--fairness-only", action="store_true")
     args = parser.parse_args()
+    if args.before_site or args.fairness_only:
+        write_fairness(args, args.out)
+        if args.fairness_only:
+            return
     pool = mixed(wikitext_lines(), sts_sentences(("test",)))
     requests = make_requests(pool, 100_000)
     embedder = Embedder(args.model, provider="cpu")
@@ -278,6 +355,75 @@ def targets(report: dict) -> str:
     lines = ["| target | measured | met |", "|---|---|---|"]
     lines += [f"| {what} | {value:.3g} | {'yes' if ok else 'no'} |" for what, value, ok in checks]
     return "\n".join(lines)
+
+
+def write_fairness(args: argparse.Namespace, out: Path) -> None:
+    """Before (if asked) and after, alternating twice, into serve_fairness.{json,md}."""
+    runs: dict[str, list[dict]] = {"before": [], "after": []}
+    for _ in range(2):  # interleaved: a drift in the machine's speed hits both alike
+        for name, site in (("before", args.before_site), ("after", None)):
+            if name == "before" and site is None:
+                continue
+            runs[name].append(fairness(args.model, site, args.fairness_seconds))
+            print(name, json.dumps(runs[name][-1]), flush=True)
+    before_version = None
+    if args.before_site:
+        found = sorted(args.before_site.glob("albert_onnx-*.dist-info"))
+        before_version = found[0].name if found else str(args.before_site)
+    report = {
+        "command": "python benchmarks/serve_load.py --fairness-only"
+        + (f" --before-site {args.before_site}" if args.before_site else "")
+        + f" --fairness-seconds {args.fairness_seconds:g}",
+        "machine": cpu_description(),
+        "versions": {d: metadata.version(d) for d in
+                     ("onnxruntime", "tokenizers", "numpy", "starlette", "uvicorn", "h11")},
+        "before": before_version,
+        "runs": runs,
+    }  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve_fairness.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        "| server | run | small p50 ms | small p99 ms | small max ms | small requests | "
+        "large p50 ms | tokens/s (both) | mixed, 64 clients: tokens/s | p50 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, rows in runs.items():
+        for i, r in enumerate(rows, 1):
+            lines.append(
+                f"| {name} | {i} | {r['small_p50_ms']:,.0f} | {r['small_p99_ms']:,.0f} | "
+                f"{r['small_max_ms']:,.0f} | {r['small_requests']} | {r['large_p50_ms']:,.0f} | "
+                f"{r['tokens_per_s']:,.0f} | {r['mixed_64']['tokens_per_s']:,.0f} | "
+                f"{r['mixed_64']['p50_ms']:,.0f} |"
+            )
+    summary = ""
+    if runs["before"]:
+
+        def ratio(key: Callable[[dict], float]) -> float:
+            """after / before, of the means over the runs"""
+            after, before = (statistics.mean(key(r) for r in runs[n]) for n in ("after", "before"))
+            return after / before
+
+        summary = (
+            f"\nAfter / before (means of the runs): total throughput under the mixed load "
+            f"{ratio(lambda r: r['tokens_per_s']):.3f}x, the mixed workload at 64 clients "
+            f"{ratio(lambda r: r['mixed_64']['tokens_per_s']):.3f}x; the small requests' p50 "
+            f"{ratio(lambda r: r['small_p50_ms']):.3f}x, p99 "
+            f"{ratio(lambda r: r['small_p99_ms']):.3f}x.\n"
+        )
+    machine = report["machine"]
+    (out / "serve_fairness.md").write_text(
+        f"# A small request behind a large one ({machine['cpu']}, {machine['threads']} "
+        f"threads, flags {' '.join(machine['flags'])})\n\n"
+        f"Command: `{report['command']}`  \n"
+        f"Before: {before_version or '-'}; after: this checkout  \n"
+        f"Versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}\n\n"
+        "One client sends 256 texts of 400 words per request (about 103,000 tokens), another "
+        "one short text per request, each its next request as soon as the last is answered, "
+        f"{args.fairness_seconds:g} s measured after 10 s of warm-up; then 64 clients of the "
+        "mixed workload (1-16 texts per request) on the same server. The shipped model, "
+        "INT8, on the CPU.\n\n" + "\n".join(lines) + "\n" + summary
+    )
+    print((out / "serve_fairness.md").read_text())
 
 
 def write(report: dict, out: Path) -> None:

@@ -66,16 +66,34 @@ def make_batches(
     sort: bool = True,
     max_padding: float = MAX_PADDING,
 ) -> list[Batch]:
-    """Cut ITEMS into batches of at most MAX_BATCH_TOKENS padded tokens (one text at least).
+    """ITEMS cut into padded batches by `group`: the model's inputs, ready to run."""
+    lengths = np.fromiter((len(item) for item in items), dtype=np.int64, count=len(items))
+    return [
+        Batch(
+            rows=rows,
+            inputs=pad_batch([items[i] for i in rows], bucket_length(int(lengths[rows].max()))),
+            real_tokens=int(lengths[rows].sum()),
+        )
+        for rows in group(lengths, max_batch_tokens, sort, max_padding)
+    ]
+
+
+def group(
+    lengths: np.ndarray,
+    max_batch_tokens: int,
+    sort: bool = True,
+    max_padding: float = MAX_PADDING,
+) -> list[np.ndarray]:
+    """The rows of each batch of texts with LENGTHS, under MAX_BATCH_TOKENS padded tokens
+    (one text at least).
 
     With SORT (the default) texts are taken longest first and a batch only admits a text
     that it pads by at most MAX_PADDING of the batch length (or one padding multiple):
     without that bound a large budget lets one batch span 512 down to 100 tokens. Without
     SORT batches follow arrival order, padded to their longest text, as naive batching does.
     """
-    lengths = np.fromiter((len(item) for item in items), dtype=np.int64, count=len(items))
-    order = np.argsort(-lengths, kind="stable") if sort else np.arange(len(items))
-    batches, start = [], 0
+    order = np.argsort(-lengths, kind="stable") if sort else np.arange(len(lengths))
+    groups, start = [], 0
     while start < len(order):
         end, longest = start + 1, int(lengths[order[start]])
         while end < len(order):
@@ -86,11 +104,6 @@ def make_batches(
             if sort and padded - length > max(PAD_MULTIPLE, max_padding * padded):
                 break
             longest, end = max(longest, length), end + 1
-        rows = order[start:end]
-        batches.append(Batch(
-            rows=rows,
-            inputs=pad_batch([items[i] for i in rows], bucket_length(longest)),
-            real_tokens=int(lengths[rows].sum()),
-        ))  # fmt: skip
+        groups.append(order[start:end])
         start = end
-    return batches
+    return groups

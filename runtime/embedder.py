@@ -185,24 +185,48 @@ class Embedder:
         normalize: bool | None = None,
     ) -> tuple[np.ndarray, Stats]:
         """One float32 vector per doc, in DOCS' order, and what it took."""
-        if self.pooling == "none":
-            raise OptionError("this Embedder gives token vectors (pooling='none'), not pooled ones")
-        mode = self.pooling
-        in_graph = mode == self._graph_pooling
         windows_ = [w for doc in docs for w in doc]
         vectors = np.empty((len(windows_), self.dimension), dtype=np.float32)
         stats = self._doc_stats(docs)
-        output = "sentence_embedding" if in_graph else "last_hidden_state"
-        for batch, result in self._batches(windows_, output, bucketing, stats, on_batch):
-            vectors[batch.rows] = (
-                result if in_graph else pool(result, batch.inputs["attention_mask"], mode)
-            )
+        for rows, pooled in self._pooled_windows(windows_, stats, on_batch, bucketing):
+            vectors[rows] = pooled
         if on_batch and self.chunked:  # a chunked text is finished only with its window
             on_batch(len(docs), 0, 0)
         if len(windows_) != len(docs):
             vectors = self._combine_windows(vectors, docs)
         normalize = self.normalize if normalize is None else normalize
         return (l2_normalize(vectors) if normalize else vectors), stats
+
+    def pooled_batches(
+        self, docs: list[Doc], on_batch: OnBatch | None = None, shortest_first: bool = False
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Each batch's positions in DOCS and their pooled, unnormalized vectors, as soon as
+        it has run; with SHORTEST_FIRST, batches of shorter texts run first. For a server,
+        which answers each request once its rows are in. Whole texts only (one window)."""
+        if any(len(doc) != 1 for doc in docs):
+            raise OptionError("pooled_batches embeds whole texts; long_texts='chunk' cut some")
+        windows_ = [doc[0] for doc in docs]
+        stats = self._doc_stats(docs)
+        return self._pooled_windows(windows_, stats, on_batch, True, shortest_first)
+
+    def _pooled_windows(
+        self,
+        windows_: list[Encoded],
+        stats: Stats,
+        on_batch: OnBatch | None,
+        bucketing: bool,
+        shortest_first: bool = False,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if self.pooling == "none":
+            raise OptionError("this Embedder gives token vectors (pooling='none'), not pooled ones")
+        mode = self.pooling
+        in_graph = mode == self._graph_pooling
+        output = "sentence_embedding" if in_graph else "last_hidden_state"
+        batches = self._batches(windows_, output, bucketing, stats, on_batch, shortest_first)
+        for batch, result in batches:
+            yield batch.rows, (
+                result if in_graph else pool(result, batch.inputs["attention_mask"], mode)
+            )
 
     def token_vectors(
         self, docs: list[Doc], on_batch: OnBatch | None = None, bucketing: bool = True
@@ -235,8 +259,10 @@ class Embedder:
         bucketing: bool,
         stats: Stats,
         on_batch: OnBatch | None,
+        shortest_first: bool = False,
     ) -> Iterator[tuple[Batch, np.ndarray]]:
-        for batch in make_batches(windows_, self._budget, sort=bucketing):
+        batches = make_batches(windows_, self._budget, sort=bucketing)
+        for batch in reversed(batches) if shortest_first else batches:
             for part, result in self._run(batch, output):
                 stats.tokens += part.real_tokens
                 stats.padded_tokens += part.padded_tokens
@@ -275,10 +301,6 @@ class Embedder:
         totals = np.zeros((len(docs), 1), dtype=np.float32)
         np.add.at(totals, owner, weights)
         return combined / totals
-
-    def count_tokens(self, text: str) -> int:
-        """TEXT's whole length in tokens, before any truncation."""
-        return self._tokenizer.count_tokens(text)
 
     # -- the API people know ------------------------------------------------------------
 

@@ -159,11 +159,6 @@ class TextTokenizer:
         type_ids = np.asarray(encoding.type_ids, dtype=np.int32)
         return Encoded(ids, type_ids, truncated, self._mostly_unknown(ids))
 
-    def count_tokens(self, text: str) -> int:
-        """TEXT's whole length in tokens, special tokens included (no truncation): for
-        telling a client by how much its input is over max_length."""
-        return len(self._plain.encode(text).ids)
-
     def encode_windows(self, texts: list[str]) -> list[list[Encoded]]:
         """All overlapping windows of each text (one window for short texts)."""
         short = [i for i, text in enumerate(texts) if len(text) <= self._prefix_chars]

@@ -5,8 +5,12 @@ protocol's error body.
 - OpenAI `POST /v1/embeddings`: `input` (a string or a list of strings), `model`,
   `encoding_format` (`float` or `base64`: float32 little-endian, which the openai client
   asks for by default), `dimensions` (refused: ALBERT is not Matryoshka-trained), `user`.
-- text-embeddings-inference `POST /embed`: `inputs`, `normalize` (default true),
-  `truncate` (default: the server's); the response is a bare list of vectors.
+- text-embeddings-inference `POST /embed` (and `POST /`, `POST /invocations`, which TEI
+  serves the same way): `inputs`, `normalize` (default true), `truncate` (default: the
+  server's); the response is a bare list of vectors.
+
+Both take `Content-Type: application/json` only: any other type is what a web page can make
+a browser send cross-site without a CORS preflight, so it is refused (415).
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ KINDS = {
     "empty": (400, "invalid_request_error", "Empty"),
     "unauthorized": (401, "authentication_error", "Unauthorized"),
     "model_not_found": (404, "invalid_request_error", "Validation"),
+    "request_timeout": (408, "invalid_request_error", "Validation"),
     "payload_too_large": (413, "invalid_request_error", "Validation"),
     "too_many_inputs": (413, "invalid_request_error", "Validation"),
+    "unsupported_media_type": (415, "invalid_request_error", "Validation"),
     "input_too_long": (422, "invalid_request_error", "Validation"),
     "overloaded": (429, "rate_limit_error", "Overloaded"),
     "backend": (500, "server_error", "Backend"),
@@ -62,6 +68,26 @@ class ApiError(AlbertOnnxError):
 
     def tei_body(self) -> dict[str, Any]:
         return {"error": self.message, "error_type": KINDS[self.kind][2]}
+
+
+TEI_PATHS = ("/embed", "/", "/invocations")  # the routes answered in TEI's protocol
+
+
+def error_body(path: str | None, error: ApiError) -> Any:
+    """ERROR in the protocol of the route at PATH (OpenAI's where the route is not known)."""
+    return error.tei_body() if path in TEI_PATHS else error.openai_body()
+
+
+def check_json(content_type: str | None) -> None:
+    """Refuse a body that is not declared JSON (see the module's docstring)."""
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(
+            "unsupported_media_type",
+            f"the body must be sent as 'Content-Type: application/json', not "
+            f"{content_type!r}" if content_type else
+            "the body must be sent with 'Content-Type: application/json'",
+        )  # fmt: skip
 
 
 @dataclass
@@ -139,8 +165,10 @@ def parse_openai(
             param="model",
         )
     _no_cutting(request, dimension)
-    encoding = request.get("encoding_format") or "float"
-    if encoding not in ("float", "base64"):
+    encoding = request.get("encoding_format")
+    if encoding is None:
+        encoding = "float"
+    if not isinstance(encoding, str) or encoding not in ("float", "base64"):
         raise ApiError(
             "invalid_request", "'encoding_format' must be 'float' or 'base64'",
             param="encoding_format",

@@ -1,16 +1,20 @@
 """The HTTP front-end: a Starlette app over the engine, and the server's state.
 
-Per embedding request: check the API key and that the server is ready; read the body up to
-the payload limit; parse it (`api.py`); tokenize off the event loop (tokenizers releases the
-GIL); queue it in the engine; wait for its vectors or for the client to go away (then its
-queued inputs are dropped); normalize as asked and answer. Every refusal is an `ApiError`
-answered in the endpoint's own protocol, and touches no other request.
+Per embedding request: check the API key, that the server is ready and that the body is
+declared JSON; read the body up to the payload limit; parse it (`api.py`); tokenize off the
+event loop (tokenizers releases the GIL); queue it in the engine; wait for its vectors or for
+the client to go away (then its inputs not yet run are dropped); normalize as asked and
+answer. Every refusal is an `ApiError` answered in the endpoint's own protocol, and touches
+no other request. A request still running when a drain reaches its deadline is answered
+503 and logged in one line, rather than cut off with a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +33,8 @@ from albert_onnx.runtime.pooling import l2_normalize
 from albert_onnx.serve.api import (
     ApiError,
     EmbedCall,
+    check_json,
+    error_body,
     openai_response,
     parse_openai,
     parse_tei,
@@ -66,6 +72,9 @@ class Service:
         self.failure: BaseException | None = None  # warm-up failed: the server must stop
         self.draining = False
         self.in_flight = 0  # embedding requests between arrival and answer (event loop only)
+        self.cut_off = asyncio.Event()  # set at the drain deadline: answer 503 now
+        self.cut = 0  # requests answered 503 at the drain deadline
+        self.stopping = threading.Event()  # warm-up stops between batches
         self.tokenizing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="albert-onnx-tok")
 
     def _queued_inputs(self) -> int:
@@ -85,6 +94,8 @@ class Service:
         budget = self.embedder.max_batch_tokens
         try:
             for length in (n for n in WARMUP_LENGTHS if n <= self.embedder.max_length):
+                if self.stopping.is_set():  # a signal came during warm-up: stop cleanly
+                    return
                 text = " ".join(["word"] * (length - 2))
                 self.embedder.embed([text] * max(1, budget // length))
             self.engine = Engine(
@@ -118,6 +129,8 @@ class Service:
             "max_wait_ms": c.max_wait_ms,
             "max_body_bytes": c.max_body_bytes,
             "isolate_requests": c.isolate_requests,
+            "max_connections": c.connection_limit(),
+            "request_timeout": c.request_timeout,
             "ready": self.ready,
         }
 
@@ -161,16 +174,17 @@ class Service:
         return b"".join(chunks)
 
     def _tokenize(self, call: EmbedCall) -> list[Doc]:
-        """In the tokenizer pool, never on the event loop: texts are up to the body limit."""
+        """In the tokenizer pool, never on the event loop: texts are up to the body limit.
+        Each text is tokenized from a bounded prefix (the runtime's tokenizer), which is
+        enough to tell that it is over the limit, not by how much."""
         docs = self.embedder.tokenize(call.texts)
         if not call.truncate:
             for i, doc in enumerate(docs):
                 if doc[0].truncated:
-                    count = self.embedder.count_tokens(call.texts[i])
                     raise ApiError(
                         "input_too_long",
-                        f"{call.field}[{i}] has {count:,} tokens, over the model's "
-                        f"{self.embedder.max_length}; shorten it or allow truncation",
+                        f"{call.field}[{i}] has more than {self.embedder.max_length} tokens, "
+                        "the model's limit; shorten it or allow truncation",
                         param=call.field,
                     )
         return docs
@@ -222,13 +236,12 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def create_app(service: Service) -> Starlette:
-    def endpoint(name: str, parse: Parse, answer: Answer, error_body: Callable) -> Handler:
-        async def handle(request: Request) -> Response:
-            start = time.monotonic()
-            service.in_flight += 1
+    def endpoint(name: str, parse: Parse, answer: Answer) -> Handler:
+        async def respond(request: Request) -> Response:
             try:
                 service.check_access(request)
                 service.check_open()
+                check_json(request.headers.get("content-type"))
                 call = parse(await service.read_body(request))
                 embedded = await service.embed(request, call)
                 if embedded is None:
@@ -236,16 +249,43 @@ def create_app(service: Service) -> Starlette:
                     return Response(status_code=CLIENT_GONE)
                 return JSONResponse(answer(call, *embedded))
             except ApiError as exc:
-                service.metrics.errors.labels(exc.kind).inc()
-                return JSONResponse(error_body(exc), exc.status, headers=exc.headers)
+                return refused(request, exc)
             except ClientDisconnect:  # gone while sending its body: nobody to answer
                 service.metrics.errors.labels("client_gone").inc()
                 return Response(status_code=CLIENT_GONE)
+
+        async def handle(request: Request) -> Response:
+            start = time.monotonic()
+            service.in_flight += 1
+            work = asyncio.ensure_future(respond(request))
+            cut = asyncio.ensure_future(service.cut_off.wait())
+            try:
+                await asyncio.wait({work, cut}, return_when=asyncio.FIRST_COMPLETED)
+                if work.done():
+                    return work.result()
+                work.cancel()  # its inputs leave the engine
+                service.cut += 1
+                waited = time.monotonic() - start
+                line = f"{request.method} {request.url.path} after {waited:.1f} s"
+                print(f"albert-onnx: cut off at the drain deadline: {line}", file=sys.stderr,
+                      flush=True)  # fmt: skip
+                return refused(
+                    request,
+                    ApiError("unavailable", "the server is shutting down and its drain "
+                             "deadline cut this request off; retry it",
+                             headers={"Retry-After": "1"}),
+                )  # fmt: skip
             finally:
+                work.cancel()
+                cut.cancel()
                 service.in_flight -= 1
                 service.metrics.request_seconds.labels(name).observe(time.monotonic() - start)
 
         return handle
+
+    def refused(request: Request, exc: ApiError) -> Response:
+        service.metrics.errors.labels(exc.kind).inc()
+        return JSONResponse(error_body(request.url.path, exc), exc.status, headers=exc.headers)
 
     config, embedder = service.config, service.embedder
 
@@ -261,12 +301,8 @@ def create_app(service: Service) -> Starlette:
     openai = endpoint(
         "v1_embeddings", parse_v1,
         lambda call, vectors, tokens: openai_response(vectors, call, service.model_name, tokens),
-        ApiError.openai_body,
     )  # fmt: skip
-    tei = endpoint(
-        "embed", parse_embed, lambda call, vectors, tokens: tei_response(vectors),
-        ApiError.tei_body,
-    )  # fmt: skip
+    tei = endpoint("embed", parse_embed, lambda call, vectors, tokens: tei_response(vectors))
 
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -284,7 +320,7 @@ def create_app(service: Service) -> Starlette:
         try:
             service.check_access(request)
         except ApiError as exc:
-            return JSONResponse(exc.openai_body(), exc.status, headers=exc.headers)
+            return refused(request, exc)
         return JSONResponse(answer())
 
     async def info(request: Request) -> Response:
@@ -298,10 +334,16 @@ def create_app(service: Service) -> Starlette:
     async def metrics(_: Request) -> Response:
         return Response(service.metrics.text(), media_type="text/plain; version=0.0.4")
 
+    # TEI serves its embed route at `/` and at SageMaker's `/invocations` too (what
+    # huggingface_hub's InferenceClient posts to), and answers health at `GET /` and `/ping`
     return Starlette(
         routes=[
             Route("/v1/embeddings", openai, methods=["POST"]),
             Route("/embed", tei, methods=["POST"]),
+            Route("/invocations", tei, methods=["POST"]),
+            Route("/", tei, methods=["POST"]),
+            Route("/", health, methods=["GET"]),
+            Route("/ping", health),
             Route("/v1/models", models),
             Route("/health", health),
             Route("/ready", ready),

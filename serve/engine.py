@@ -3,21 +3,26 @@
 Requests put their tokenized inputs in one queue; one inference thread takes rounds from
 it, hands each round to the Embedder as one list (which sorts it by length and cuts batches
 under the token budget with the runtime's bucketer), and completes each request's future
-with its own rows. text-embeddings-inference batches by tokens in arrival order; infinity
-sorts by length but caps batches by item count; this does both.
+as soon as the batch holding its last row has run.
 
-A round holds at most ROUND_BATCHES batches' worth of tokens (at least one request), taken
-in arrival order: enough to sort well by length, few enough that the first clients have
-their answers, and send their next requests, while the engine runs the rest.
+Fair at batch granularity. On arrival a request is cut into slices, each about one batch:
+its inputs sorted longest first and grouped under the token budget by the bucketer, so a
+slice is the batch the request would run alone. A round takes the next slice of each
+request in the queue in turn (round robin, at most ROUND_BATCHES batches' worth of tokens),
+and a request with slices left goes to the back of the queue. Many small requests still
+share a round, sorted by length together; a large one takes one batch per round, so a
+small request that arrives behind it waits about one batch, not the whole large request
+(text-embeddings-inference queues each input as its own entry for the same reason).
 
 When the thread is idle, the first request waits at most `max_wait_ms` for company, and
 only while other requests are on their way (`arriving()`: read, being tokenized), so a lone
 client never waits; when the thread is busy, the next round takes what queued meanwhile.
 The queue is bounded in tokens: past `max_queue_tokens` a request is refused at once
 (QueueFull, with a retry hint from the measured throughput) instead of waiting without
-bound. A cancelled request (its client went away) is dropped if it is still queued. With
-`isolate=True` every request runs alone: no cross-request batching, which is the naive
-baseline, and makes INT8 vectors independent of other clients' traffic.
+bound. A cancelled request (its client went away) loses every slice not yet taken: at most
+the round already running is spent on it. With `isolate=True` a round is one slice of one
+request: no cross-request batching, which is the naive baseline, and makes INT8 vectors
+independent of other clients' traffic.
 
 If the thread itself fails (a bug, memory exhausted), every waiting future gets the error
 and the engine refuses new work: nothing waits forever on a dead thread.
@@ -28,6 +33,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager
@@ -35,7 +41,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from albert_onnx.errors import AlbertOnnxError
+from albert_onnx.errors import AlbertOnnxError, OptionError
+from albert_onnx.runtime.bucketer import group
 from albert_onnx.runtime.embedder import Doc, Embedder, OnBatch
 
 ROUND_BATCHES = 8
@@ -55,11 +62,59 @@ class EngineClosed(AlbertOnnxError):
 
 @dataclass(eq=False)
 class Job:
+    """One request: its inputs, the slices still to run, and the rows done so far."""
+
     docs: list[Doc]
-    tokens: int
+    slices: deque[np.ndarray]  # positions in `docs`, one slice per round it takes part in
+    lengths: np.ndarray  # tokens per doc
     future: Future = field(default_factory=Future)
     queued_at: float = field(default_factory=time.monotonic)
+    started: bool = False  # its first slice was taken
     cancelled: bool = False
+    vectors: np.ndarray | None = None
+    left: int = 0  # docs whose vectors are not in yet
+
+    def __post_init__(self) -> None:
+        self.left = len(self.docs)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.lengths.sum())
+
+    @property
+    def queued_inputs(self) -> int:
+        return sum(len(rows) for rows in self.slices)
+
+    @property
+    def queued_tokens(self) -> int:
+        return sum(int(self.lengths[rows].sum()) for rows in self.slices)
+
+
+@dataclass(eq=False)
+class Taken:
+    """One job's slice in a round, and how many of its rows are still to come."""
+
+    job: Job
+    rows: np.ndarray
+    left: int = 0
+
+    def __post_init__(self) -> None:
+        self.left = len(self.rows)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.job.lengths[self.rows].sum())
+
+    def deliver(self, row: int, vector: np.ndarray) -> None:
+        """The vector of the job's doc ROW; the job is answered with its last one."""
+        job = self.job
+        if job.vectors is None:
+            job.vectors = np.empty((len(job.docs), len(vector)), dtype=np.float32)
+        job.vectors[row] = vector
+        self.left -= 1
+        job.left -= 1
+        if not job.left:
+            _settle(job.future, job.vectors)
 
 
 @dataclass
@@ -67,8 +122,8 @@ class EngineHooks:
     """What the engine reports as it goes (metrics); every hook is optional."""
 
     on_batch: OnBatch | None = None  # (docs, real tokens, padded tokens) per batch
-    on_round: Callable[[list[Job]], None] | None = None  # jobs taken, before they run
-    on_dropped: Callable[[Job], None] | None = None  # a cancelled job removed from the queue
+    on_started: Callable[[Job], None] | None = None  # a job's first slice is taken
+    on_dropped: Callable[[int], None] | None = None  # inputs of a cancelled job never run
 
 
 class Engine:
@@ -80,12 +135,14 @@ class Engine:
         isolate: bool = False,
         hooks: EngineHooks | None = None,
     ) -> None:
+        if embedder.chunked:
+            raise OptionError("the engine embeds whole texts: long_texts='chunk' is not served")
         self.embedder = embedder
         self.max_queue_tokens = max_queue_tokens
         self.max_wait = max_wait_ms / 1000
         self.isolate = isolate
         self.hooks = hooks or EngineHooks()
-        self._queue: list[Job] = []
+        self._queue: deque[Job] = deque()  # jobs with slices left, in turn order
         self._queued_tokens = 0
         self._running_tokens = 0
         self._arriving = 0
@@ -100,9 +157,14 @@ class Engine:
         return self._thread.is_alive() and self._closed is None
 
     @property
+    def running(self) -> bool:
+        """The inference thread has not ended (it may be closed to new work)."""
+        return self._thread.is_alive()
+
+    @property
     def queued_inputs(self) -> int:
         with self._condition:
-            return sum(len(job.docs) for job in self._queue)
+            return sum(job.queued_inputs for job in self._queue)
 
     @property
     def queued_tokens(self) -> int:
@@ -123,7 +185,12 @@ class Engine:
 
     def submit(self, docs: list[Doc]) -> Job:
         """Queue DOCS; the job's future gets their pooled, unnormalized vectors in order."""
-        tokens = sum(len(window) for doc in docs for window in doc)
+        lengths = np.array([sum(len(w) for w in doc) for doc in docs], dtype=np.int64)
+        job = Job(docs, deque(group(lengths, self.embedder.max_batch_tokens)), lengths)
+        tokens = job.tokens
+        if not docs:
+            _settle(job.future, np.zeros((0, self.embedder.dimension), dtype=np.float32))
+            return job
         with self._condition:
             if self._closed is not None:
                 raise EngineClosed(self._closed)
@@ -133,7 +200,6 @@ class Engine:
                     f"{self.max_queue_tokens:,}); retry later",
                     self._retry_after(),
                 )
-            job = Job(docs, tokens)
             self._queue.append(job)
             self._queued_tokens += tokens
             self._condition.notify()
@@ -145,14 +211,15 @@ class Engine:
         return max(1, math.ceil(backlog / rate))
 
     def cancel(self, job: Job) -> None:
-        """The client went away: drop the job if it is still queued."""
+        """The client went away: drop every slice of the job not yet taken."""
         with self._condition:
             job.cancelled = True
             if job in self._queue:
                 self._queue.remove(job)
-                self._queued_tokens -= job.tokens
+                self._queued_tokens -= job.queued_tokens
                 if self.hooks.on_dropped:
-                    self.hooks.on_dropped(job)
+                    self.hooks.on_dropped(job.queued_inputs)
+                job.slices.clear()
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish what is queued, then end the thread."""
@@ -161,7 +228,7 @@ class Engine:
             self._condition.notify()
         self._thread.join(timeout)
 
-    def _take(self) -> list[Job] | None:
+    def _take(self) -> list[Taken] | None:
         with self._condition:
             idle = False
             while not self._queue and self._closed is None:
@@ -180,30 +247,42 @@ class Engine:
                 and (left := deadline - time.monotonic()) > 0
             ):
                 self._condition.wait(left)
-            jobs = self._queue[:1] if self.isolate else self._round(self._queue)
-            del self._queue[: len(jobs)]
-            taken = sum(job.tokens for job in jobs)
-            self._queued_tokens -= taken
-            self._running_tokens = taken
-        return jobs
+            taken = self._round()
+            self._running_tokens = sum(t.tokens for t in taken)
+            self._queued_tokens -= self._running_tokens
+        for t in taken:
+            if not t.job.started:
+                t.job.started = True
+                if self.hooks.on_started:
+                    self.hooks.on_started(t.job)
+        return taken
 
-    def _round(self, queue: list[Job]) -> list[Job]:
-        """The oldest jobs that fit in one round's tokens (the first one always does)."""
-        limit, total = ROUND_BATCHES * self.embedder.max_batch_tokens, 0
-        for count, job in enumerate(queue):
-            total += job.tokens
-            if total > limit and count:
-                return queue[:count]
-        return queue[:]
+    def _round(self) -> list[Taken]:
+        """The next slice of each job in turn, up to one round's tokens (one slice at
+        least); a job with slices left goes to the back of the queue."""
+        limit = self.embedder.max_batch_tokens * (1 if self.isolate else ROUND_BATCHES)
+        taken: list[Taken] = []
+        total = 0
+        for _ in range(len(self._queue)):
+            job = self._queue[0]
+            rows = job.slices[0]
+            tokens = int(job.lengths[rows].sum())
+            if taken and total + tokens > limit:
+                break
+            self._queue.popleft()
+            job.slices.popleft()
+            if job.slices:
+                self._queue.append(job)
+            taken.append(Taken(job, rows))
+            total += tokens
+        return taken
 
     def _loop(self) -> None:
-        jobs: list[Job] = []
+        taken: list[Taken] = []
         try:
-            while (jobs := self._take()) is not None:
-                if self.hooks.on_round:
-                    self.hooks.on_round(jobs)
+            while (taken := self._take()) is not None:
                 start = time.monotonic()
-                tokens = self._run(jobs)
+                tokens = self._run(taken)
                 seconds = time.monotonic() - start
                 if tokens and seconds > 0:
                     old, rate = self._tokens_per_s, tokens / seconds
@@ -213,31 +292,45 @@ class Engine:
             failure = EngineClosed(f"the inference thread failed: {type(exc).__name__}: {exc}")
             with self._condition:
                 self._closed = str(failure)
-                waiting, self._queue = [*jobs, *self._queue], []
+                waiting = [*(t.job for t in taken), *self._queue]
+                self._queue.clear()
                 self._queued_tokens = 0
             for job in waiting:
                 _settle(job.future, exception=failure)
             raise
 
-    def _run(self, jobs: list[Job]) -> int:
-        """One round, and the tokens it embedded; if the round fails, each job alone, so
-        one bad job cannot fail the others."""
-        live = [job for job in jobs if not job.cancelled]
+    def _run(self, taken: list[Taken]) -> int:
+        """One round, and the tokens it embedded. Each batch's rows go to their jobs as
+        soon as it has run, and a job whose rows are all in is answered then, not at the end
+        of the round. If the round fails, each unfinished slice runs alone, so one bad
+        request cannot fail the others."""
+        live = [t for t in taken if not t.job.cancelled]
         if not live:
             return 0
-        docs = [doc for job in live for doc in job.docs]
+        owners = [(t, row) for t in live for row in t.rows]  # the round's docs: whose, which
+        docs = [t.job.docs[row] for t, row in owners]
         try:
-            vectors, _ = self.embedder.pooled(docs, self.hooks.on_batch, normalize=False)
+            batches = self.embedder.pooled_batches(docs, self.hooks.on_batch, shortest_first=True)
+            for positions, vectors in batches:
+                for position, vector in zip(positions, vectors, strict=True):
+                    t, row = owners[position]
+                    t.deliver(row, vector)
         except AlbertOnnxError as exc:
+            unfinished = [t for t in live if t.left]
             if len(live) > 1:
-                return sum(self._run([job]) for job in live)
-            _settle(live[0].future, exception=exc)
+                return sum(self._run([t]) for t in unfinished)
+            self._fail(live[0].job, exc)
             return 0
-        start = 0
-        for job in live:
-            _settle(job.future, np.ascontiguousarray(vectors[start : start + len(job.docs)]))
-            start += len(job.docs)
-        return sum(job.tokens for job in live)
+        return sum(t.tokens for t in live)
+
+    def _fail(self, job: Job, exc: BaseException) -> None:
+        """JOB's slice failed: its future gets the error and its other slices never run."""
+        with self._condition:
+            if job in self._queue:
+                self._queue.remove(job)
+                self._queued_tokens -= job.queued_tokens
+            job.slices.clear()
+        _settle(job.future, exception=exc)
 
 
 def _settle(future: Future, result: object = None, exception: BaseException | None = None) -> None:

@@ -38,7 +38,7 @@ class Metrics:
             ["endpoint"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue_seconds = Histogram(
-            "albert_onnx_queue_seconds", "Time a request's inputs waited before their round ran",
+            "albert_onnx_queue_seconds", "Time a request waited before its first inputs ran",
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.inputs = Counter("albert_onnx_inputs", "Inputs embedded", registry=r)
@@ -59,15 +59,10 @@ class Metrics:
             self.inputs.inc(docs)
             self.tokens.inc(real)
 
-        def on_round(jobs: list[Job]) -> None:
-            started = time.monotonic()
-            for job in jobs:
-                self.queue_seconds.observe(started - job.queued_at)
+        def on_started(job: Job) -> None:
+            self.queue_seconds.observe(time.monotonic() - job.queued_at)
 
-        def on_dropped(job: Job) -> None:
-            self.dropped.inc(len(job.docs))
-
-        return EngineHooks(on_batch=on_batch, on_round=on_round, on_dropped=on_dropped)
+        return EngineHooks(on_batch=on_batch, on_started=on_started, on_dropped=self.dropped.inc)
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

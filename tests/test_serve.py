@@ -1,24 +1,17 @@
 """`albert-onnx serve` as users start it: a live server process on 127.0.0.1 (a free port),
-called with the real openai client and with plain HTTP. Every server here is stopped by
-SIGTERM at the end of its tests, and every client call has a timeout."""
+called with the real openai and huggingface_hub clients and with plain HTTP. Every server
+here is stopped by SIGTERM at the end of its tests, and every client call has a timeout."""
 
 from __future__ import annotations
 
 import base64
 import json
 import re
-import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 
-import httpx
 import numpy as np
 import pytest
 from openai import OpenAI
@@ -26,66 +19,8 @@ from openai import OpenAI
 from albert_onnx import Embedder
 from albert_onnx.runtime.pooling import l2_normalize
 
-from conftest import OFFLINE_ENV, real_texts
-
-TIMEOUT = 60
-
-
-@dataclass
-class Running:
-    url: str
-    process: subprocess.Popen
-
-    def get(self, path: str, **kwargs) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=TIMEOUT, **kwargs)
-
-    def post(self, path: str, **kwargs) -> httpx.Response:
-        return httpx.post(self.url + path, timeout=TIMEOUT, **kwargs)
-
-    def metric(self, name: str) -> float:
-        match = re.search(rf"^{name} (\S+)$", self.get("/metrics").text, re.M)
-        return float(match.group(1)) if match else 0.0
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while self.get("/ready").status_code != 200:
-            assert time.monotonic() < deadline, "the server never became ready"
-            time.sleep(0.05)
-
-
-def start(model, *args: str) -> Running:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "albert_onnx", "serve", "--model", str(model), "--port", "0",
-         *args],
-        env=OFFLINE_ENV, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    seen = []
-    for line in process.stderr:  # warnings may come first
-        seen.append(line)
-        if match := re.search(r"serving on (http://127\.0\.0\.1:\d+)", line):
-            break
-    else:
-        raise AssertionError("".join(seen))
-    # keep reading what it prints, so that a full pipe can never block the server
-    threading.Thread(target=process.stderr.read, daemon=True).start()
-    return Running(match.group(1), process)
-
-
-def stop(server: Running) -> int:
-    server.process.send_signal(signal.SIGTERM)
-    return server.process.wait(timeout=TIMEOUT)
-
-
-@contextmanager
-def serving(model, *args: str, ready: bool = True) -> Iterator[Running]:
-    server = start(model, *args)
-    try:
-        if ready:
-            server.wait_ready()
-        yield server
-    finally:
-        if server.process.poll() is None:
-            assert stop(server) == 0
+from conftest import real_texts, run_cli
+from live_server import TIMEOUT, Running, serving
 
 
 @pytest.fixture(scope="module")
@@ -180,10 +115,13 @@ BAD_REQUESTS = [
     ("/v1/embeddings", {"input": [[1, 2, 3]]}, 400, "holds token ids"),
     ("/v1/embeddings", {"input": "x", "dimensions": 8}, 400, "'dimensions' 8 is not supported"),
     ("/v1/embeddings", {"input": "x", "encoding_format": "int8"}, 400, "'encoding_format'"),
+    ("/v1/embeddings", {"input": "x", "encoding_format": 0}, 400, "'encoding_format'"),
+    ("/v1/embeddings", {"input": "x", "encoding_format": []}, 400, "'encoding_format'"),
+    ("/v1/embeddings", {"input": "x", "encoding_format": ""}, 400, "'encoding_format'"),
     ("/v1/embeddings", {"input": "x", "model": "gpt"}, 404, "model 'gpt' is not served here"),
     ("/v1/embeddings", {"input": ["x"] * 65}, 413, "65 inputs; this server takes at most 64"),
     ("/v1/embeddings", {"input": "x" * 250_000}, 413, "the limit is 200,000"),
-    ("/v1/embeddings", {"input": ["ok", "word " * 600]}, 422, r"input\[1\] has 602 tokens"),
+    ("/v1/embeddings", {"input": ["ok", "word " * 600]}, 422, r"input\[1\] has more than 512"),
     ("/embed", {"inputs": "x", "normalize": "yes"}, 400, "'normalize' must be true or false"),
     ("/embed", {"inputs": []}, 400, "'inputs' is an empty list"),
 ]
@@ -200,6 +138,61 @@ def test_a_bad_request_gets_a_clear_error_and_harms_nothing(
     text = error["message"] if path.startswith("/v1") else error
     assert re.search(message, text), text
     assert fp32_server.post(path, json={"input": "fine", "inputs": "fine"}).status_code == 200
+
+
+def test_an_input_over_the_limit_is_refused_from_a_bounded_prefix(fp32_server):
+    """truncate false: 190 kB of text (about 40,000 tokens) is not tokenized whole to say
+    that it is over the limit, and the answer does not pretend to know by how much."""
+    huge = "word " * 38_000
+    response = fp32_server.post("/embed", json={"inputs": ["ok", huge], "truncate": False})
+    assert response.status_code == 422
+    assert response.json()["error"] == (
+        "inputs[1] has more than 512 tokens, the model's limit; shorten it or allow truncation"
+    )
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None]
+)
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/embed", "/", "/invocations"])
+def test_a_body_not_declared_json_is_refused_with_415(fp32_server, path, content_type):
+    """What a web page can make a browser send cross-site without a preflight."""
+    headers = {"content-type": content_type} if content_type else {}
+    body = json.dumps({"input": "x", "inputs": "x"}).encode()
+    response = fp32_server.post(path, content=body, headers=headers)
+    assert response.status_code == 415
+    error = response.json()["error"]
+    assert "application/json" in (error["message"] if path.startswith("/v1") else error)
+    declared = {"content-type": "application/json; charset=utf-8"}
+    assert fp32_server.post(path, content=body, headers=declared).status_code == 200
+
+
+# -- text-embeddings-inference's clients switch without changes ---------------------------
+
+
+def test_the_huggingface_hub_client_gets_the_embedders_vectors(fp32_server, reference, monkeypatch):
+    """InferenceClient(base_url=...).feature_extraction posts to `/`, as the TEI
+    integrations of LangChain and Haystack call it."""
+    from huggingface_hub import InferenceClient, constants
+
+    # the tests run with HF_HUB_OFFLINE=1, which stops the client calling even 127.0.0.1
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    texts = real_texts()[:8]
+    client = InferenceClient(base_url=fp32_server.url, timeout=TIMEOUT)
+    vectors = client.feature_extraction(texts, normalize=False)
+    expected = Embedder(reference.model_dir, provider="cpu", precision="fp32", normalize=False)
+    assert vectors.shape == (8, 64)
+    assert np.abs(vectors - expected.embed(texts)).max() < 1e-5
+    single = client.feature_extraction(texts[0])  # normalize: TEI's default
+    assert np.abs(np.linalg.norm(single) - 1) < 1e-5
+
+
+def test_tei_routes_for_sagemaker_and_health_probes(fp32_server):
+    sagemaker = fp32_server.post("/invocations", json={"inputs": ["a", "b c"]})
+    assert sagemaker.status_code == 200
+    assert sagemaker.json() == fp32_server.post("/embed", json={"inputs": ["a", "b c"]}).json()
+    assert fp32_server.get("/").status_code == fp32_server.get("/ping").status_code == 200
 
 
 # -- backpressure ------------------------------------------------------------------------------
@@ -229,25 +222,6 @@ def test_a_burst_past_the_queue_limit_gets_429_and_the_rest_is_answered(english_
 # -- shutdown, access, readiness, clients that leave ----------------------------------------
 
 
-def test_sigterm_finishes_every_request_in_flight_then_exits_0(english_export):
-    server = start(english_export, "--provider", "cpu", "--max-wait-ms", "0")
-    server.wait_ready()
-    long_inputs = [" ".join(real_texts()[::2][:4])] * 48
-    with ThreadPoolExecutor(max_workers=6) as clients:
-        calls = [
-            clients.submit(server.post, "/embed", json={"inputs": long_inputs}) for _ in range(6)
-        ]
-        time.sleep(0.5)
-        server.process.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        during = server.get("/ready").status_code
-        refused = server.post("/embed", json={"inputs": "late"}).status_code
-        statuses = [call.result().status_code for call in calls]
-    assert server.process.wait(timeout=TIMEOUT) == 0
-    assert statuses == [200] * 6
-    assert (during, refused) == (503, 503)
-
-
 def test_the_api_key_is_required_where_set(english_export):
     with serving(english_export, "--provider", "cpu", "--api-key", "s3cret") as server:
         assert server.post("/embed", json={"inputs": "x"}).status_code == 401
@@ -271,34 +245,6 @@ def test_ready_only_after_warm_up(english_export):
         assert early.status_code == 503 and "warming up" in early.json()["error"]
         server.wait_ready()
         assert server.post("/embed", json={"inputs": "now"}).status_code == 200
-
-
-def raw_request_then_leave(url: str, body: bytes) -> None:
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as conn:
-        conn.sendall(
-            b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        time.sleep(0.3)  # queued behind the busy engine by now
-
-
-def test_a_client_that_leaves_has_its_queued_inputs_dropped(english_export):
-    with serving(english_export, "--provider", "cpu", "--precision", "fp32") as server:
-        busy = [" ".join(real_texts()[::2][:4])] * 250
-        holder = threading.Thread(
-            target=server.post, args=("/embed",), kwargs={"json": {"inputs": busy}}
-        )
-        holder.start()
-        time.sleep(0.3)
-        raw_request_then_leave(server.url, json.dumps({"inputs": ["a", "b", "c"]}).encode())
-        holder.join(TIMEOUT)
-        deadline = time.monotonic() + 10
-        while server.metric("albert_onnx_inputs_dropped_total") < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.metric("albert_onnx_inputs_dropped_total") == 3
-        assert server.metric("albert_onnx_inputs_total") == 250  # the three never ran
 
 
 def test_info_and_metrics(fp32_server):
@@ -363,44 +309,13 @@ def test_the_models_own_dimension_and_models_list_are_accepted(fp32_server):
     assert fp32_server.get("/v1/models").json()["data"][0]["id"] == "albert-small-onnx"
 
 
-def test_a_client_gone_in_the_middle_of_its_body_harms_nothing(fp32_server):
-    host, port = fp32_server.url.removeprefix("http://").split(":")
-    before = fp32_server.metric('albert_onnx_errors_total{kind="client_gone"}')
-    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as conn:
-        conn.sendall(b'POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"inp')
-        time.sleep(0.2)
-    deadline = time.monotonic() + 10
-    while fp32_server.metric('albert_onnx_errors_total{kind="client_gone"}') == before:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert fp32_server.post("/embed", json={"inputs": "still fine"}).status_code == 200
-
-
-def test_a_second_signal_stops_at_once_with_status_1(english_export):
-    server = start(english_export, "--provider", "cpu", "--precision", "fp32")
-    server.wait_ready()
-    busy = [" ".join(real_texts()[::2][:4])] * 250
-    with ThreadPoolExecutor(max_workers=4) as clients:
-        calls = [clients.submit(server.post, "/embed", json={"inputs": busy}) for _ in range(4)]
-        time.sleep(0.5)
-        server.process.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        server.process.send_signal(signal.SIGTERM)
-        assert server.process.wait(timeout=TIMEOUT) == 1
-        for call in calls:
-            with pytest.raises(httpx.HTTPError):
-                call.result().raise_for_status()
-
-
-def test_a_drain_answers_503_at_least_its_minimum(english_export):
-    server = start(english_export, "--provider", "cpu", "--drain-min-seconds", "1")
-    server.wait_ready()
-    stopped = time.monotonic()
-    server.process.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    assert server.get("/ready").status_code == 503  # still answering, for the load balancer
-    assert server.process.wait(timeout=TIMEOUT) == 0
-    assert time.monotonic() - stopped >= 1
+def test_a_key_no_client_could_send_is_refused_at_start(english_export):
+    result = run_cli("serve", "--model", english_export, "--api-key", "clé-ü", "--port", "0")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: the API key must be printable ASCII without spaces (HTTP headers carry ASCII; "
+        "clients could never send this one)"
+    ]
 
 
 def test_options_are_checked_where_the_api_receives_them():
@@ -412,26 +327,10 @@ def test_options_are_checked_where_the_api_receives_them():
         ({"port": 70000}, "port must be 0 to 65535"),
         ({"max_wait_ms": -1}, "max_wait_ms must be a number of at least 0"),
         ({"max_inputs_per_request": 0}, "max_inputs_per_request must be a whole number"),
+        ({"api_key": "clé-ü"}, "printable ASCII"),
+        ({"api_key": "two words"}, "printable ASCII"),
+        ({"request_timeout": 0}, "request_timeout must be a number of seconds above 0"),
+        ({"max_connections": 10**9}, "does not fit under this process's limit"),
     ]:
         with pytest.raises(OptionError, match=message):
             ServeConfig(**bad)
-
-
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_a_failed_inference_thread_fails_its_waiters_instead_of_hanging(english_export):
-    """The engine alone (no HTTP): a bug in a round must not leave futures waiting."""
-    from albert_onnx.serve.engine import Engine, EngineClosed
-
-    embedder = Embedder(english_export, provider="cpu")
-    engine = Engine(embedder, max_queue_tokens=100_000, max_wait_ms=0)
-
-    def broken(*_args, **_kwargs):
-        raise RuntimeError("a bug in a round")
-
-    embedder.pooled = broken  # the failure being tested: not an albert-onnx error
-    job = engine.submit(embedder.tokenize(["a text"]))
-    with pytest.raises(EngineClosed, match="RuntimeError: a bug in a round"):
-        job.future.result(timeout=TIMEOUT)
-    assert not engine.alive
-    with pytest.raises(EngineClosed):
-        engine.submit(embedder.tokenize(["another"]))
