@@ -78,7 +78,9 @@ def load_albert(model_dir: Path) -> nn.Module:
         raise ExportError(f"{weights}: not a readable safetensors file ({_cause(exc)})") from exc
     except RuntimeError as exc:
         if "mismatched" not in str(exc) and "size mismatch" not in str(exc):
-            raise ExportError(f"{weights}: the weights could not be loaded ({_cause(exc)})") from exc
+            raise ExportError(
+                f"{weights}: the weights could not be loaded ({_cause(exc)})"
+            ) from exc
         _, info = load(ignore_mismatched_sizes=True, output_loading_info=True)
         mismatched = sorted(info["mismatched_keys"], key=lambda m: m[0])
         key, found, expected = mismatched[0]

@@ -198,16 +198,16 @@ class Embedder:
         return (l2_normalize(vectors) if normalize else vectors), stats
 
     def pooled_batches(
-        self, docs: list[Doc], on_batch: OnBatch | None = None, shortest_first: bool = False
+        self, docs: list[Doc], on_batch: OnBatch | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Each batch's positions in DOCS and their pooled, unnormalized vectors, as soon as
-        it has run; with SHORTEST_FIRST, batches of shorter texts run first. For a server,
-        which answers each request once its rows are in. Whole texts only (one window)."""
+        it has run: for a server, which answers each request once its rows are in. Whole
+        texts only (one window each)."""
         if any(len(doc) != 1 for doc in docs):
             raise OptionError("pooled_batches embeds whole texts; long_texts='chunk' cut some")
         windows_ = [doc[0] for doc in docs]
         stats = self._doc_stats(docs)
-        return self._pooled_windows(windows_, stats, on_batch, True, shortest_first)
+        return self._pooled_windows(windows_, stats, on_batch, True)
 
     def _pooled_windows(
         self,
@@ -215,17 +215,16 @@ class Embedder:
         stats: Stats,
         on_batch: OnBatch | None,
         bucketing: bool,
-        shortest_first: bool = False,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if self.pooling == "none":
             raise OptionError("this Embedder gives token vectors (pooling='none'), not pooled ones")
         mode = self.pooling
         in_graph = mode == self._graph_pooling
         output = "sentence_embedding" if in_graph else "last_hidden_state"
-        batches = self._batches(windows_, output, bucketing, stats, on_batch, shortest_first)
-        for batch, result in batches:
-            yield batch.rows, (
-                result if in_graph else pool(result, batch.inputs["attention_mask"], mode)
+        for batch, result in self._batches(windows_, output, bucketing, stats, on_batch):
+            yield (
+                batch.rows,
+                (result if in_graph else pool(result, batch.inputs["attention_mask"], mode)),
             )
 
     def token_vectors(
@@ -259,10 +258,8 @@ class Embedder:
         bucketing: bool,
         stats: Stats,
         on_batch: OnBatch | None,
-        shortest_first: bool = False,
     ) -> Iterator[tuple[Batch, np.ndarray]]:
-        batches = make_batches(windows_, self._budget, sort=bucketing)
-        for batch in reversed(batches) if shortest_first else batches:
+        for batch in make_batches(windows_, self._budget, sort=bucketing):
             for part, result in self._run(batch, output):
                 stats.tokens += part.real_tokens
                 stats.padded_tokens += part.padded_tokens

@@ -111,9 +111,7 @@ def embed_corpus(
         groups = windows(reader, window_texts, counts=lambda item: isinstance(item, Record))
         for items, (position, records, docs) in prepared(groups, prepare):
             vectors, window = embedder.embed_docs(docs, on_batch)
-            errors = [
-                i.error() for i in items if isinstance(i, BadLine)
-            ]
+            errors = [i.error() for i in items if isinstance(i, BadLine)]
             window.skipped = len(errors)
             window.blank_lines = sum(isinstance(item, Blank) for item in items)
             stats.add(window)

@@ -498,9 +498,7 @@ def _read_parts(reader, part_rows: int, done: set[int], ray):
     parts, errors, stats = [], [], Stats()
     for items in windows(reader, part_rows, counts=lambda item: isinstance(item, Record)):
         records = [item for item in items if isinstance(item, Record)]
-        errors += [
-            i.error() for i in items if isinstance(i, BadLine)
-        ]
+        errors += [i.error() for i in items if isinstance(i, BadLine)]
         stats.blank_lines += sum(isinstance(item, Blank) for item in items)
         first, stats.docs = stats.docs, stats.docs + len(records)
         index = first // part_rows  # every part but the last holds PART_ROWS records

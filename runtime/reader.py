@@ -211,7 +211,6 @@ def open_corpus(
 class LineReader:
     """JSONL or plain text, one record per line, from a file (gzip or not) or stdin."""
 
-
     def __init__(
         self,
         path: Path,

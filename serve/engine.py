@@ -5,14 +5,17 @@ it, hands each round to the Embedder as one list (which sorts it by length and c
 under the token budget with the runtime's bucketer), and completes each request's future
 as soon as the batch holding its last row has run.
 
-Fair at batch granularity. On arrival a request is cut into slices, each about one batch:
-its inputs sorted longest first and grouped under the token budget by the bucketer, so a
-slice is the batch the request would run alone. A round takes the next slice of each
-request in the queue in turn (round robin, at most ROUND_BATCHES batches' worth of tokens),
-and a request with slices left goes to the back of the queue. Many small requests still
-share a round, sorted by length together; a large one takes one batch per round, so a
-small request that arrives behind it waits about one batch, not the whole large request
-(text-embeddings-inference queues each input as its own entry for the same reason).
+Fair at batch granularity. A request of at most WHOLE_BATCHES batches' tokens (the 1 to 16
+texts of typical traffic) takes its turn whole; a larger one is cut into slices of about one
+batch's tokens (its inputs sorted longest first and grouped under the token budget by the
+bucketer, without its padding bound: a slice is a turn, and the round cuts the batches) and
+takes one slice per turn, going to the back of the queue after each. A round takes turns in
+queue order, up to ROUND_BATCHES batches' worth of tokens. Many small requests still share a
+round, sorted by length together, as in first-come first-served batching; a large request
+takes one batch per round, so a small request that arrives behind it waits about one batch,
+not the whole large request (text-embeddings-inference queues each input as its own entry
+for the same reason). Inside a round the whole requests run first, then the slices of large
+ones, and each request is answered as soon as the batch holding its last input has run.
 
 When the thread is idle, the first request waits at most `max_wait_ms` for company, and
 only while other requests are on their way (`arriving()`: read, being tokenized), so a lone
@@ -46,6 +49,7 @@ from albert_onnx.runtime.bucketer import group
 from albert_onnx.runtime.embedder import Doc, Embedder, OnBatch
 
 ROUND_BATCHES = 8
+WHOLE_BATCHES = 2  # a request of at most this many batches' tokens runs in one turn
 
 
 class QueueFull(AlbertOnnxError):
@@ -92,10 +96,12 @@ class Job:
 
 @dataclass(eq=False)
 class Taken:
-    """One job's slice in a round, and how many of its rows are still to come."""
+    """One job's turn in a round (all of it, or a slice), and how many of its rows are
+    still to come."""
 
     job: Job
     rows: np.ndarray
+    whole: bool
     left: int = 0
 
     def __post_init__(self) -> None:
@@ -186,7 +192,11 @@ class Engine:
     def submit(self, docs: list[Doc]) -> Job:
         """Queue DOCS; the job's future gets their pooled, unnormalized vectors in order."""
         lengths = np.array([sum(len(w) for w in doc) for doc in docs], dtype=np.int64)
-        job = Job(docs, deque(group(lengths, self.embedder.max_batch_tokens)), lengths)
+        # slices are turns, not batches: one batch's tokens each, whatever their lengths
+        # (the round cuts the batches); with the padding bound, the 1 to 16 texts of mixed
+        # lengths of a typical request would be several slices, and take several rounds
+        slices = group(lengths, self.embedder.max_batch_tokens, max_padding=math.inf)
+        job = Job(docs, deque(slices), lengths)
         tokens = job.tokens
         if not docs:
             _settle(job.future, np.zeros((0, self.embedder.dimension), dtype=np.float32))
@@ -258,22 +268,26 @@ class Engine:
         return taken
 
     def _round(self) -> list[Taken]:
-        """The next slice of each job in turn, up to one round's tokens (one slice at
-        least); a job with slices left goes to the back of the queue."""
-        limit = self.embedder.max_batch_tokens * (1 if self.isolate else ROUND_BATCHES)
+        """Jobs in turn, up to one round's tokens (one turn at least): a job of at most
+        WHOLE_BATCHES batches' tokens is taken whole; a larger one gives its next slice and
+        goes to the back of the queue."""
+        budget = self.embedder.max_batch_tokens
         taken: list[Taken] = []
         total = 0
         for _ in range(len(self._queue)):
             job = self._queue[0]
-            rows = job.slices[0]
+            whole = job.queued_tokens <= WHOLE_BATCHES * budget
+            rows = np.concatenate(job.slices) if whole else job.slices[0]
             tokens = int(job.lengths[rows].sum())
-            if taken and total + tokens > limit:
+            if taken and (self.isolate or total + tokens > ROUND_BATCHES * budget):
                 break
             self._queue.popleft()
-            job.slices.popleft()
-            if job.slices:
+            if whole:
+                job.slices.clear()
+            else:
+                job.slices.popleft()
                 self._queue.append(job)
-            taken.append(Taken(job, rows))
+            taken.append(Taken(job, rows, whole))
             total += tokens
         return taken
 
@@ -300,25 +314,23 @@ class Engine:
             raise
 
     def _run(self, taken: list[Taken]) -> int:
-        """One round, and the tokens it embedded. Each batch's rows go to their jobs as
-        soon as it has run, and a job whose rows are all in is answered then, not at the end
-        of the round. If the round fails, each unfinished slice runs alone, so one bad
-        request cannot fail the others."""
+        """One round, and the tokens it embedded: the whole requests first, then the slices
+        of large ones, each group sorted and batched by the Embedder. Each batch's rows go
+        to their jobs as soon as it has run, and a job whose rows are all in is answered
+        then, not at the end of the round. If the round fails, each unfinished turn runs
+        alone, so one bad request cannot fail the others."""
         live = [t for t in taken if not t.job.cancelled]
-        if not live:
-            return 0
-        owners = [(t, row) for t in live for row in t.rows]  # the round's docs: whose, which
-        docs = [t.job.docs[row] for t, row in owners]
         try:
-            batches = self.embedder.pooled_batches(docs, self.hooks.on_batch, shortest_first=True)
-            for positions, vectors in batches:
-                for position, vector in zip(positions, vectors, strict=True):
-                    t, row = owners[position]
-                    t.deliver(row, vector)
+            for group_ in ([t for t in live if t.whole], [t for t in live if not t.whole]):
+                owners = [(t, row) for t in group_ for row in t.rows]  # whose, which doc
+                docs = [t.job.docs[row] for t, row in owners]
+                for positions, vectors in self.embedder.pooled_batches(docs, self.hooks.on_batch):
+                    for position, vector in zip(positions, vectors, strict=True):
+                        t, row = owners[position]
+                        t.deliver(row, vector)
         except AlbertOnnxError as exc:
-            unfinished = [t for t in live if t.left]
             if len(live) > 1:
-                return sum(self._run([t]) for t in unfinished)
+                return sum(self._run([t]) for t in live if t.left)
             self._fail(live[0].job, exc)
             return 0
         return sum(t.tokens for t in live)
