@@ -1,11 +1,16 @@
-"""The runtime's choices as Literal types, and their checks where the API receives them.
+"""The runtime's choices as Literal types, their checks, and the two options objects that
+every front builds on: `ModelOptions` (how to run a model) and `JobOptions` (how a corpus
+job reads and writes). Each is checked once, where it is made; defaults live here.
 
-The CLI uses the same Literal types (typer turns them into choices), so the API and the
-command line accept exactly the same values and an API caller gets the same clear error.
+The CLI uses the same Literal types (typer turns them into choices) and takes its defaults
+from these objects, so the API and the command line accept exactly the same values and an
+API caller gets the same clear error.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from albert_onnx.errors import OptionError
@@ -38,3 +43,73 @@ def check_positive(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise OptionError(f"{name} must be a whole number of at least 1, not {value!r}")
     return value
+
+
+WINDOW_TEXTS = 4096  # texts sorted by length together; a part file's row group
+PART_ROWS = 65_536  # Parquet inputs: whole row groups, grouped up to this many rows a part
+PART_BYTES = 32 << 20  # JSONL and text inputs: a part is the lines starting in this many bytes
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How to run a model, checked once: what `Embedder`, the corpus job, the Ray workers and
+    the server build their pipeline from (`runtime/pipeline/pipeline.py`)."""
+
+    model: str | Path | None = None  # default: $ALBERT_ONNX_MODEL, else the shipped model
+    provider: Provider = "auto"
+    precision: Precision = "auto"
+    pooling: Pooling | None = None  # default: the model's
+    normalize: bool | None = None  # default: the model's
+    max_batch_tokens: int | None = None  # default: by provider
+    long_texts: LongTexts = "truncate"
+    threads: int | None = None  # default and maximum: the cores this process may use
+    device_id: int | None = None  # a CUDA device; naming one means provider cuda
+
+    def __post_init__(self) -> None:
+        check_choice("provider", self.provider, Provider)
+        check_choice("precision", self.precision, Precision)
+        if self.pooling is not None:
+            check_choice("pooling", self.pooling, Pooling)
+        check_choice("long_texts", self.long_texts, LongTexts)
+        if self.long_texts == "chunk" and self.pooling == "none":
+            raise OptionError("long_texts='chunk' pools windows; it cannot return token vectors")
+        if self.max_batch_tokens is not None:
+            check_positive("max_batch_tokens", self.max_batch_tokens)
+        if self.threads is not None:
+            check_positive("threads", self.threads)
+        if self.normalize is not None and not isinstance(self.normalize, bool):
+            raise OptionError(f"normalize must be True, False or None, not {self.normalize!r}")
+        device_id = self.device_id
+        if device_id is not None:
+            if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
+                raise OptionError(f"device_id must be a GPU index (0, 1, ...), not {device_id!r}")
+            if self.provider == "cpu":
+                raise OptionError("device_id chooses a GPU; it has no meaning with provider='cpu'")
+            if self.provider == "auto":  # a GPU was named: running on the CPU would be silent
+                object.__setattr__(self, "provider", "cuda")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How a corpus job reads its input and writes its output, checked once; with the
+    pipeline's settings these are what a resumed run must share with the interrupted one."""
+
+    text_field: str = "text"
+    id_field: str | None = None  # default: line numbers (NAME:LINE for several files)
+    on_error: OnError = "raise"
+    dtype: Dtype = "float32"
+    window_texts: int = WINDOW_TEXTS
+    part_rows: int = PART_ROWS
+    part_bytes: int = PART_BYTES
+
+    def __post_init__(self) -> None:
+        check_field("text_field", self.text_field)
+        if self.id_field is not None:
+            check_field("id_field", self.id_field)
+        check_choice("on_error", self.on_error, OnError)
+        check_choice("dtype", self.dtype, Dtype)
+        for name in ("window_texts", "part_rows", "part_bytes"):
+            check_positive(name, getattr(self, name))
+
+    def settings(self) -> dict[str, Any]:
+        return asdict(self)

@@ -3,8 +3,10 @@ lets a run resume with its counts, `albert-onnx bench` and the benchmarks all re
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,14 +51,45 @@ class Stats:
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
+DUPLICATE_BUCKETS = 64
+
+
 def count_duplicates(id_chunks: Iterable[list[int] | list[str]]) -> int:
-    """Rows whose id appeared before, in 8 bytes per id: integer ids exactly, string ids by
-    their 64-bit hash (a false duplicate needs a collision, about 1 in 10^7 at 10^6 ids)."""
-    keys = [
-        np.fromiter((i if isinstance(i, int) else hash(i) for i in chunk), np.int64, len(chunk))
-        for chunk in id_chunks
-    ]
-    if not keys:
-        return 0
-    merged = np.sort(np.concatenate(keys))
-    return int(np.count_nonzero(merged[1:] == merged[:-1]))
+    """Rows whose id appeared before, in bounded memory: each id as 8 bytes (integer ids
+    exactly, string ids by their 64-bit hash: a false duplicate needs a collision, about 1
+    in 10^7 at 10^6 ids) spread over DUPLICATE_BUCKETS temporary files by a mix of its
+    bits, then each bucket sorted on its own: memory follows the largest bucket, about
+    1/64 of 8 bytes per id."""
+    with tempfile.TemporaryDirectory(prefix="albert-onnx-ids-") as workdir:
+        paths = [Path(workdir) / f"{b:02d}" for b in range(DUPLICATE_BUCKETS)]
+        files = [open(path, "wb") for path in paths]
+        try:
+            for chunk in id_chunks:
+                keys = np.fromiter(
+                    (i if isinstance(i, int) else hash(i) for i in chunk), np.int64, len(chunk)
+                )
+                buckets = _mix(keys) % DUPLICATE_BUCKETS
+                order = np.argsort(buckets, kind="stable")
+                starts = np.searchsorted(buckets[order], np.arange(DUPLICATE_BUCKETS + 1))
+                for b in range(DUPLICATE_BUCKETS):
+                    if starts[b] < starts[b + 1]:
+                        keys[order[starts[b] : starts[b + 1]]].tofile(files[b])
+        finally:
+            for f in files:
+                f.close()
+        found = 0
+        for path in paths:
+            keys = np.sort(np.fromfile(path, dtype=np.int64))
+            found += int(np.count_nonzero(keys[1:] == keys[:-1]))
+        return found
+
+
+def _mix(keys: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: spreads consecutive ids over the buckets."""
+    x = keys.view(np.uint64).copy()
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
