@@ -16,9 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 from albert_onnx.errors import AlbertOnnxError, CorpusError, ManifestError
-from albert_onnx.runtime.manifest import verified_file
+from albert_onnx.runtime.model.manifest import verified_file
 from albert_onnx.runtime.options import Dtype, LongTexts, OnError, Pooling, Precision, Provider
-from albert_onnx.runtime.windows import PART_ROWS, WINDOW_TEXTS
+from albert_onnx.runtime.options import JobOptions as Job
+from albert_onnx.runtime.options import ModelOptions as Model
 from albert_onnx.serve.config import ServeConfig as Serve
 
 SHORT_OP = {
@@ -112,9 +113,9 @@ def export(
 def info(model_dir: Annotated[Path, typer.Argument(help="Model directory.")]) -> None:
     """Describe a model directory and the execution providers that work on this machine."""
     from albert_onnx.errors import ProviderError
-    from albert_onnx.runtime.model_dir import ModelDir
-    from albert_onnx.runtime.providers import installed_runtimes
-    from albert_onnx.runtime.session import open_session
+    from albert_onnx.runtime.model.model_dir import ModelDir
+    from albert_onnx.runtime.pipeline.providers import installed_runtimes
+    from albert_onnx.runtime.pipeline.session import open_session
 
     with reported():
         model = ModelDir.open(model_dir)
@@ -145,55 +146,71 @@ def info(model_dir: Annotated[Path, typer.Argument(help="Model directory.")]) ->
 
 @app.command()
 def embed(
-    corpus: Annotated[
-        Path,
+    inputs: Annotated[
+        list[str],
         typer.Argument(
-            help=".jsonl(.gz), .txt(.gz), .parquet, .csv/.tsv(.gz), or - for JSONL "
-            "on standard input."
+            help="Files, directories or globs, local or URLs (s3://, gs://, hdfs://, file://), "
+            "of one format: .jsonl, .txt, .csv, .tsv (each also .gz), .parquet; - for JSONL "
+            "on standard input.",
+            show_default=False,
         ),
     ],
     output: Annotated[
-        Path,
+        str,
         typer.Option(
-            "--output", "-o", help=".npy, .npz, .parquet or .jsonl; a directory with --ray."
+            "--output",
+            "-o",
+            help=".npy, .npz, .parquet or .jsonl for one file; any other name: a directory of "
+            "Parquet parts with a manifest (local or a URL).",
         ),
     ],
-    model: ModelOption = None,
-    text_field: Annotated[str, typer.Option(help="JSON field holding the text.")] = "text",
+    model: ModelOption = Model.model,
+    text_field: Annotated[str, typer.Option(help="Field or column holding the text.")] = (
+        Job.text_field
+    ),
     id_field: Annotated[
         str | None,
         typer.Option(
-            help="JSON field holding the id, all strings or all integers (default: "
-            "the line number)."
+            help="Field or column holding the id, all strings or all integers (default: the "
+            "line number; FILE:LINE for several files)."
         ),
-    ] = None,
-    provider: ProviderOption = "auto",
-    precision: Annotated[Precision, typer.Option(help="Graph variant.")] = "auto",
+    ] = Job.id_field,
+    provider: ProviderOption = Model.provider,
+    precision: Annotated[Precision, typer.Option(help="Graph variant.")] = Model.precision,
     pooling: Annotated[
         Pooling | None, typer.Option(help="Pooling (default: the model's); none: token vectors.")
-    ] = None,
+    ] = Model.pooling,
     normalize: Annotated[
         bool | None, typer.Option(help="L2-normalise (default: the model's).")
-    ] = None,
+    ] = Model.normalize,
     max_batch_tokens: Annotated[
         int | None, typer.Option(help="Padded tokens per batch (default: by provider).")
-    ] = None,
+    ] = Model.max_batch_tokens,
     long_texts: Annotated[
         LongTexts, typer.Option(help="truncate, or chunk: mean of overlapping windows.")
-    ] = "truncate",
-    dtype: Annotated[Dtype, typer.Option(help="Vector dtype in the output.")] = "float32",
+    ] = Model.long_texts,
+    dtype: Annotated[Dtype, typer.Option(help="Vector dtype in the output.")] = Job.dtype,
     on_error: Annotated[
         OnError, typer.Option(help="raise: stop at a bad line; skip: log it and go on.")
-    ] = "raise",
+    ] = Job.on_error,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     threads: Annotated[
         int | None, typer.Option(help="CPU threads (default and maximum: cores available).")
-    ] = None,
-    device_id: Annotated[int | None, typer.Option(help="CUDA device index.")] = None,
+    ] = Model.threads,
+    device_id: Annotated[int | None, typer.Option(help="CUDA device index.")] = Model.device_id,
     window_texts: Annotated[
-        int, typer.Option(help="Texts sorted together per window; also the shard size.")
-    ] = WINDOW_TEXTS,
+        int, typer.Option(help="Texts sorted by length together (a part file's row group).")
+    ] = Job.window_texts,
+    part_rows: Annotated[
+        int,
+        typer.Option(
+            help="Parquet inputs: rows per part (whole row groups); with --ray: records per part."
+        ),
+    ] = Job.part_rows,
+    part_bytes: Annotated[
+        int, typer.Option(help="JSONL and text inputs: bytes of input per part.")
+    ] = Job.part_bytes,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     ray: Annotated[
         bool, typer.Option("--ray", help="Run on Ray Data: Parquet parts in the output directory.")
@@ -206,41 +223,37 @@ def embed(
         int | None, typer.Option(help="--ray: workers (default: the cluster's CPUs / threads).")
     ] = None,
     threads_per_worker: Annotated[int, typer.Option(help="--ray: CPU threads per worker.")] = 1,
-    part_rows: Annotated[
-        int, typer.Option(help="--ray: records per part (and per block).")
-    ] = PART_ROWS,
 ) -> None:
     """Embed a corpus; vectors are written in input order with their ids."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from albert_onnx.runtime.embedder import Embedder
-    from albert_onnx.runtime.job import embed_corpus
-    from albert_onnx.runtime.options import check_positive
 
     ray_only = {
         "--ray-address": ray_address is not None,
         "--workers": workers is not None,
         "--threads-per-worker": threads_per_worker != 1,
-        "--part-rows": part_rows != PART_ROWS,
     }
-    single_only = {"--window-texts": window_texts != WINDOW_TEXTS, "--threads": threads is not None,
+    single_only = {"--window-texts": window_texts != Job.window_texts,
+                   "--part-bytes": part_bytes != Job.part_bytes, "--threads": threads is not None,
                    "--device-id": device_id is not None}  # fmt: skip
     misplaced = [name for name, given in (single_only if ray else ray_only).items() if given]
     if misplaced:
         raise fail(f"{', '.join(misplaced)} {'do not apply with' if ray else 'need'} --ray")
     if ray:
+        if len(inputs) > 1:
+            raise fail("--ray reads one input file (directories, globs and several inputs are "
+                       "read by the local job)")  # fmt: skip
         with reported():
             from albert_onnx.runtime.ray_data import embed_parts
 
             done = embed_parts(
-                corpus, output, model, text_field=text_field, id_field=id_field,
+                inputs[0], output, model, text_field=text_field, id_field=id_field,
                 on_error=on_error, dtype=dtype, precision=precision, pooling=pooling,
                 provider="cpu" if provider == "auto" else provider,
                 normalize=normalize, max_batch_tokens=max_batch_tokens, long_texts=long_texts,
                 workers=workers, threads_per_worker=threads_per_worker, part_rows=part_rows,
                 address=ray_address, resume=resume, force=force,
             )  # fmt: skip
-        _print_summary(done.stats, done.run, 0)
+        _print_summary(done.stats, done.run)
         out.print(
             f"wrote {done.parts:,} part{'' if done.parts == 1 else 's'} "
             f"({done.parts_embedded:,} embedded by this run) and "
@@ -259,19 +272,19 @@ def embed(
         TimeElapsedColumn(),
     )
     with reported():
-        check_positive("window_texts", window_texts)  # before the model loads
-        embedder = Embedder(
-            model,
-            provider=provider,
-            precision=precision,
-            pooling=pooling,
-            normalize=normalize,
-            max_batch_tokens=max_batch_tokens,
-            long_texts=long_texts,
-            threads=threads,
-            device_id=device_id,
-        )
-        err.print(f"[dim]{embedder.model_dir}: {embedder.precision} on {embedder.provider}[/]")
+        from albert_onnx.runtime.jobs.local import run_job
+        from albert_onnx.runtime.options import JobOptions, ModelOptions
+        from albert_onnx.runtime.pipeline.pipeline import Pipeline
+
+        options = JobOptions(
+            text_field, id_field, on_error, dtype, window_texts, part_rows, part_bytes
+        )  # before the model loads: a wrong option stops here
+        model_options = ModelOptions(
+            model, provider, precision, pooling, normalize, max_batch_tokens, long_texts,
+            threads, device_id,
+        )  # fmt: skip
+        pipeline = Pipeline(model_options)
+        err.print(f"[dim]{pipeline.model_dir}: {pipeline.precision} on {pipeline.provider}[/]")
         with Progress(*columns, console=err, disable=not progress) as bar:
             task = bar.add_task("embedding", total=None, docs_s=0.0, tokens_s=0.0)
             start, seen = time.perf_counter(), {"tokens": 0}
@@ -284,31 +297,22 @@ def embed(
                     task, advance=docs, docs_s=done / elapsed, tokens_s=seen["tokens"] / elapsed
                 )
 
-            summary = embed_corpus(
-                embedder,
-                corpus,
-                output,
-                text_field=text_field,
-                id_field=id_field,
-                on_error=on_error,
-                dtype=dtype,
-                resume=resume,
-                force=force,
-                window_texts=window_texts,
-                on_batch=on_batch,
-            )
-    _print_summary(summary.stats, summary.run, summary.resumed_after_line)
+            summary = run_job(pipeline, inputs, output, options, resume=resume, force=force,
+                              on_batch=on_batch)  # fmt: skip
+    _print_summary(summary.stats, summary.run)
+    if summary.resumed_parts:
+        out.print(f"resumed: {summary.resumed_parts:,} of {summary.parts:,} parts were done",
+                  highlight=False)  # fmt: skip
     out.print(f"wrote {', '.join(summary.outputs)}", highlight=False)
 
 
-def _print_summary(stats, run, resumed: int) -> None:
+def _print_summary(stats, run) -> None:
     out.print(
         f"{stats.docs:,} docs, {stats.tokens:,} tokens ({run.tokens_per_s:,.0f} tokens/s), "
         f"padding overhead {stats.padding_overhead:.1%}, truncated {stats.truncated:,}, "
         f"skipped {stats.skipped:,}, blank lines {stats.blank_lines:,}, "
         f"duplicate ids {stats.duplicate_ids:,}, mostly unknown tokens "
-        f"{stats.unknown_script:,}, {stats.seconds:.1f} s"
-        + (f"; resumed after line {resumed:,}" if resumed else ""),
+        f"{stats.unknown_script:,}, {stats.seconds:.1f} s",
         highlight=False,
     )
 
@@ -322,23 +326,30 @@ def bench(
         typer.Option(help="Variant(s) to time (default: the two meant for the provider)."),
     ] = None,
     corpus: Annotated[
-        Path | None, typer.Option(help="JSONL corpus to time on (default: built-in texts).")
+        str | None,
+        typer.Option(help="An input to time on, as embed reads it (default: built-in texts)."),
     ] = None,
-    text_field: Annotated[str, typer.Option(help="JSON field holding the text.")] = "text",
+    text_field: Annotated[str, typer.Option(help="Field or column holding the text.")] = (
+        Job.text_field
+    ),
     texts: Annotated[int, typer.Option(help="How many texts to time.")] = 512,
 ) -> None:
     """Time each model variant on this machine (tokens/s end to end), to choose one."""
     from albert_onnx.runtime.bench import bench as run_bench
     from albert_onnx.runtime.bench import sample_texts
+    from albert_onnx.runtime.io.records import Record
+    from albert_onnx.runtime.jobs.part import iter_items
+    from albert_onnx.runtime.jobs.plan import make_plan
     from albert_onnx.runtime.options import check_positive
-    from albert_onnx.runtime.reader import Record, open_corpus
 
     with reported():
         check_positive("texts", texts)
         if corpus is None:
             sample = sample_texts(texts)
         else:
-            records = (i for i in open_corpus(corpus, text_field) if isinstance(i, Record))
+            options = Job(text_field=text_field)
+            items = iter_items(make_plan([corpus], options), options)
+            records = (item for _, item in items if isinstance(item, Record))
             sample = [r.text for r in itertools.islice(records, texts)]
             if not sample:
                 raise CorpusError(f"{corpus}: no texts to time")
@@ -356,7 +367,7 @@ def bench(
 
 @app.command()
 def serve(
-    model: ModelOption = None,
+    model: ModelOption = Model.model,
     host: Annotated[
         str,
         typer.Option(
@@ -373,18 +384,18 @@ def serve(
             help="Require 'Authorization: Bearer KEY' (or set ALBERT_ONNX_API_KEY).",
         ),
     ] = Serve.api_key,
-    provider: ProviderOption = Serve.provider,
+    provider: ProviderOption = Model.provider,
     precision: Annotated[
         Precision,
         typer.Option(help="Graph variant; fp32 for vectors that do not depend on other traffic."),
-    ] = Serve.precision,
+    ] = Model.precision,
     threads: Annotated[
         int | None, typer.Option(help="CPU threads (default: cores available).")
-    ] = Serve.threads,
-    device_id: Annotated[int | None, typer.Option(help="CUDA device index.")] = Serve.device_id,
+    ] = Model.threads,
+    device_id: Annotated[int | None, typer.Option(help="CUDA device index.")] = Model.device_id,
     max_batch_tokens: Annotated[
         int | None, typer.Option(help="Padded tokens per batch (default: by provider).")
-    ] = Serve.max_batch_tokens,
+    ] = Model.max_batch_tokens,
     max_queue_tokens: Annotated[
         int | None,
         typer.Option(
@@ -449,9 +460,9 @@ def serve(
     with reported():
         status = run_server(
             Serve(
-                model=model, host=host, port=port, api_key=api_key, provider=provider,
-                precision=precision, threads=threads, device_id=device_id,
-                max_batch_tokens=max_batch_tokens, max_queue_tokens=max_queue_tokens,
+                model=Model(model, provider, precision, threads=threads, device_id=device_id,
+                            max_batch_tokens=max_batch_tokens),
+                host=host, port=port, api_key=api_key, max_queue_tokens=max_queue_tokens,
                 max_inputs_per_request=max_inputs_per_request, max_wait_ms=max_wait_ms,
                 max_body_bytes=max_body_bytes, truncate=truncate,
                 isolate_requests=isolate_requests, drain_seconds=drain_seconds,

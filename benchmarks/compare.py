@@ -33,10 +33,10 @@ from machine import cpu_description
 from random_albert import SHAPES, build
 
 from albert_onnx.export.exporter import export_model
-from albert_onnx.runtime.pooling import l2_normalize
-from albert_onnx.runtime.providers import cpu_threads
+from albert_onnx.runtime.pipeline.pooling import l2_normalize
+from albert_onnx.runtime.pipeline.providers import cpu_threads
+from albert_onnx.runtime.pipeline.tokenizer import TextTokenizer
 from albert_onnx.runtime.stats import Stats
-from albert_onnx.runtime.tokenizer import TextTokenizer
 
 HERE = Path(__file__).resolve().parent
 OPTIMUM_CONTENDERS = ("optimum-fp32", "optimum-o2", "optimum-int8", "st-onnx-fp32")

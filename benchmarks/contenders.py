@@ -191,7 +191,7 @@ def _albert_onnx(job: dict, precision: str) -> dict:
     """`embed_corpus`: JSONL in, .npy out, tokenization, bucketing and writing included."""
     from albert_onnx.runtime.embedder import Embedder
     from albert_onnx.runtime.job import embed_corpus
-    from albert_onnx.runtime.tokenizer import Encoded
+    from albert_onnx.runtime.pipeline.tokenizer import Encoded
 
     embedder = Embedder(
         job["model_dir"], provider="cpu", precision=precision, threads=job["threads"]
@@ -211,7 +211,7 @@ def _albert_onnx(job: dict, precision: str) -> dict:
         [Encoded(row.astype(np.int32), np.zeros(len(row), np.int32))] for row in job["stress_ids"]
     ]
     start = time.perf_counter()
-    embedder.embed_docs(stress)
+    embedder.pipeline.embed_docs(stress)
     result["stress"] = {
         "seconds": time.perf_counter() - start,
         "real_tokens": int(job["stress_ids"].size),

@@ -27,7 +27,7 @@ from albert_onnx import Embedder
 from albert_onnx.export.exporter import export_model
 from albert_onnx.export.graph import pool
 from albert_onnx.runtime.job import embed_corpus
-from albert_onnx.runtime.session import ModelSession
+from albert_onnx.runtime.pipeline.session import ModelSession
 
 
 def random_batch(batch: int, length: int, rng) -> dict[str, np.ndarray]:

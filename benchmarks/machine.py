@@ -6,7 +6,7 @@ import os
 import platform
 from pathlib import Path
 
-from albert_onnx.runtime.providers import cpu_threads
+from albert_onnx.runtime.pipeline.providers import cpu_threads
 
 
 def cpu_description() -> dict:

@@ -25,7 +25,7 @@ from machine import cpu_description
 
 from albert_onnx import Embedder
 from albert_onnx.runtime.job import embed_corpus
-from albert_onnx.runtime.providers import cpu_threads
+from albert_onnx.runtime.pipeline.providers import cpu_threads
 from albert_onnx.runtime.ray_data import embed_parts
 
 SPLITS = ((1, 2), (2, 1))  # (workers, threads per worker) on this machine's 2 cores

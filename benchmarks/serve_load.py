@@ -51,7 +51,7 @@ from machine import cpu_description
 
 from albert_onnx import Embedder
 from albert_onnx.runtime.bench import time_embedding
-from albert_onnx.runtime.bucketer import pad_batch
+from albert_onnx.runtime.pipeline.bucketer import pad_batch
 
 LEVELS = (1, 8, 64, 256)
 SHORT = "How do I reset my password?"
@@ -222,9 +222,9 @@ def make_requests(texts: list[str], count: int, seed: int = 0) -> list[list[str]
 
 def bare_session_ms(embedder: Embedder, text: str, runs: int = 300) -> dict:
     """onnxruntime's run alone on TEXT's tokens, and Embedder.embed([TEXT]) whole."""
-    (doc,) = embedder.tokenize([text])
+    (doc,) = embedder.pipeline.tokenize([text])
     inputs = pad_batch(doc, len(doc[0]))
-    session = embedder._session  # the bare session is what is being measured
+    session = embedder.pipeline.session  # the bare session is what is being measured
     timings = {"session_run": [], "embedder_embed": []}
     for _ in range(runs):
         start = time.perf_counter()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from albert_onnx.errors import ExportError
-from albert_onnx.runtime.manifest import sha256_of
+from albert_onnx.runtime.model.manifest import sha256_of
 
 WEIGHT_FILES = (
     "model.safetensors",

@@ -6,7 +6,6 @@ so a failed export (for example a parity failure) never leaves a half-written mo
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 from collections.abc import Callable
@@ -33,7 +32,8 @@ from albert_onnx.export.optimize import (
 )
 from albert_onnx.export.parity import ParityProbe
 from albert_onnx.export.tokenizer_files import write_tokenizer
-from albert_onnx.runtime.manifest import (
+from albert_onnx.runtime.io.files import overlap
+from albert_onnx.runtime.model.manifest import (
     MANIFEST_NAME,
     POOLING_MODES,
     VARIANT_FILES,
@@ -41,7 +41,7 @@ from albert_onnx.runtime.manifest import (
     Variant,
     sha256_of,
 )
-from albert_onnx.runtime.tokenizer import TextTokenizer
+from albert_onnx.runtime.pipeline.tokenizer import TextTokenizer
 
 FP32_MAX_ABS_DIFF = 1e-4
 FP32_OWN_ERROR_FACTOR = 2.0  # x PyTorch's own fp32-vs-float64 error on the same probes
@@ -135,8 +135,7 @@ def _refuse_foreign(output: Path) -> None:
 
 def _refuse_overlap(output: Path, source: Path) -> None:
     """--force replaces OUTPUT: it may not be the checkpoint, nor hold it, nor lie inside it."""
-    out, src = Path(os.path.realpath(output)), Path(os.path.realpath(source))
-    if out == src or src in out.parents or out in src.parents:
+    if overlap(output, source):
         raise ExportError(
             f"{output} overlaps the checkpoint being exported ({source}); choose an output "
             "outside it"

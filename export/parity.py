@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from albert_onnx.export.graph import PooledAlbert
-from albert_onnx.runtime.bucketer import pad_batch
-from albert_onnx.runtime.tokenizer import TextTokenizer
+from albert_onnx.runtime.pipeline.bucketer import pad_batch
+from albert_onnx.runtime.pipeline.tokenizer import TextTokenizer
 
 SENTENCES = [
     "ALBERT shares one transformer layer across the whole stack.",

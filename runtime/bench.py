@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from albert_onnx.errors import OptionError
 from albert_onnx.runtime.embedder import Embedder
-from albert_onnx.runtime.model_dir import ModelDir
+from albert_onnx.runtime.model.model_dir import ModelDir
 from albert_onnx.runtime.options import Precision, Provider
-from albert_onnx.runtime.session import PREFERRED
+from albert_onnx.runtime.pipeline.session import PREFERRED
 from albert_onnx.runtime.stats import Stats
 
 SAMPLE_SENTENCES = (
@@ -36,7 +36,8 @@ def time_embedding(embedder: Embedder, texts: list[str], bucketing: bool = True)
     """Tokenize and embed TEXTS in memory, timed end to end: the same arithmetic for
     length-sorted and arrival-order batching, so the two are comparable."""
     start = time.perf_counter()
-    _, stats = embedder.embed_docs(embedder.tokenize(texts), bucketing=bucketing)
+    pipeline = embedder.pipeline
+    _, stats = pipeline.embed_docs(pipeline.tokenize(texts), bucketing=bucketing)
     stats.seconds = time.perf_counter() - start
     return stats
 

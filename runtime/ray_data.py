@@ -53,25 +53,28 @@ from albert_onnx.errors import (
     OptionError,
     OutputError,
 )
-from albert_onnx.runtime.files import atomic_write, fsync_dir, overlap, replacing, sidecar
-from albert_onnx.runtime.manifest import MANIFEST_NAME
-from albert_onnx.runtime.model_dir import ModelDir
+from albert_onnx.runtime.io.files import atomic_write, fsync_dir, overlap, replacing, sidecar
+from albert_onnx.runtime.io.inputs import STDIN
+from albert_onnx.runtime.io.output_lock import OutputLock
+from albert_onnx.runtime.io.records import BadLine, Blank, Record
+from albert_onnx.runtime.jobs.part import iter_items, vector_column
+from albert_onnx.runtime.jobs.plan import make_plan
+from albert_onnx.runtime.model.manifest import MANIFEST_NAME
+from albert_onnx.runtime.model.model_dir import ModelDir
 from albert_onnx.runtime.options import (
     Dtype,
-    LongTexts,
+    JobOptions,
+    ModelOptions,
     OnError,
-    Pooling,
-    Precision,
     check_choice,
     check_field,
     check_positive,
 )
-from albert_onnx.runtime.output_lock import OutputLock
-from albert_onnx.runtime.reader import STDIN, BadLine, Blank, Record, open_corpus
-from albert_onnx.runtime.session import plan
+from albert_onnx.runtime.pipeline.session import plan
+from albert_onnx.runtime.pipeline.windows import windows
 from albert_onnx.runtime.stats import Stats, count_duplicates
-from albert_onnx.runtime.windows import PART_ROWS, windows
 
+PART_ROWS = 4096  # records per part, each one block for a Ray worker
 RETRIES = 3  # restarts of a killed worker, and retries of its task, before the job fails
 STATE, INPUT, MANIFEST, ERRORS = "_state.json", "_input.json", "_manifest.json", "_errors.jsonl"
 TOOK = ("tokens", "truncated", "unknown_script")  # per-row counts that come back with vectors
@@ -177,15 +180,13 @@ class EmbedWorker:
         texts = batch.column(self.text_column).to_pylist()
         if None in texts:
             raise CorpusError(f"column '{self.text_column}' holds a null text")
-        docs = self.embedder.tokenize(texts)
-        vectors, stats = self.embedder.embed_docs(docs)
-        value = pa.float16() if self.dtype == "float16" else pa.float32()
-        flat = pa.array(np.ascontiguousarray(vectors, dtype=self.dtype).reshape(-1), type=value)
+        docs = self.embedder.pipeline.tokenize(texts)
+        vectors, stats = self.embedder.pipeline.embed_docs(docs)
         kept = [c for c in ("part", "row") if c in batch.column_names]
         return pa.table({
             **{c: batch.column(c) for c in kept},
             self.id_column: batch.column(self.id_column),
-            "vector": pa.FixedSizeListArray.from_arrays(flat, self.embedder.dimension),
+            "vector": vector_column(vectors, self.dtype, ragged=False),
             "tokens": pa.array([sum(map(len, doc)) for doc in docs], type=pa.int32()),
             "truncated": pa.array([doc[0].truncated for doc in docs]),
             "unknown_script": pa.array([doc[0].mostly_unknown for doc in docs]),
@@ -228,25 +229,20 @@ def _embedder_options(
     long_texts: str,
 ) -> dict[str, Any]:
     """The workers' Embedder options, checked here on the driver (a mistake found inside an
-    actor comes back as a Ray traceback, late), with the precision resolved."""
-    check_choice("dtype", dtype, Dtype)
+    actor comes back as a Ray traceback, late) by the options objects every front uses,
+    with the precision resolved."""
+    options = ModelOptions(model.directory, provider, precision, pooling, normalize,
+                           max_batch_tokens, long_texts)  # fmt: skip
+    JobOptions(dtype=dtype)  # type: ignore[arg-type]
     check_choice("provider", provider, Literal["cpu", "cuda"])
-    check_choice("precision", precision, Precision)
-    check_choice("long_texts", long_texts, LongTexts)
-    if max_batch_tokens is not None:
-        check_positive("max_batch_tokens", max_batch_tokens)
-    if pooling is not None:
-        check_choice("pooling", pooling, Pooling)
-    if normalize is not None and not isinstance(normalize, bool):
-        raise OptionError(f"normalize must be true or false, not {normalize!r}")
     if pooling == "none":
         raise OptionError("Ray output holds one vector per row: pooling 'none' is not supported")
     variants = set(model.manifest.variants)
     resolved = plan(provider, precision, variants, cuda=provider == "cuda")[0].precision
     model.graph(resolved)  # a variant the model lacks is an error now, not in every worker
-    return {"provider": provider, "precision": resolved, "pooling": pooling,
-            "normalize": normalize, "max_batch_tokens": max_batch_tokens,
-            "long_texts": long_texts, "dtype": dtype}  # fmt: skip
+    return {"provider": options.provider, "precision": resolved, "pooling": options.pooling,
+            "normalize": options.normalize, "max_batch_tokens": options.max_batch_tokens,
+            "long_texts": options.long_texts, "dtype": dtype}  # fmt: skip
 
 
 def embed_dataset(
@@ -343,7 +339,9 @@ def embed_parts(
     model_dir = ModelDir.open(model)
     options = _embedder_options(model_dir, provider, precision, pooling, normalize, dtype,
                                 max_batch_tokens, long_texts)  # fmt: skip
-    reader = open_corpus(corpus, text_field, id_field, on_error)
+    records, input_format, fingerprint = _records(
+        corpus, JobOptions(text_field, id_field, on_error, dtype)
+    )
     for name, path in (("the corpus", corpus), ("the model directory", model_dir.directory)):
         if str(path) != STDIN and overlap(output, path):
             raise OutputError(f"{output} would overwrite {name} ({path}); choose another output")
@@ -356,12 +354,12 @@ def embed_parts(
         settings = {
             "model": model_files.key, **options, "text_field": text_field,
             "id_field": id_field, "on_error": on_error, "part_rows": part_rows,
-            "input_format": reader.format,
+            "input_format": input_format,
         }  # fmt: skip
         done = _completed_parts(output, settings, resume, force)
-        parts, errors, position, stats = _read_parts(reader, part_rows, done, ray)
+        parts, errors, stats = _read_parts(records, part_rows, done, ray)
         _prepare_output(output, settings, fresh=not (resume and (output / STATE).is_file()))
-        _check_input(output, position)
+        _check_input(output, fingerprint)
         embedded, run = 0, Stats()
         if parts:
             model_ref = ray.put(model_files)
@@ -371,7 +369,7 @@ def embed_parts(
             expected = {index: rows for index, rows, _ in parts}
             embedded, run = _write_parts(output, results, expected)
         run.seconds = time.perf_counter() - start
-        return _finish(output, settings, position, stats, errors, run, embedded)
+        return _finish(output, settings, fingerprint, stats, errors, run, embedded)
     finally:
         try:
             lock.release()
@@ -489,32 +487,42 @@ def _prepare_output(output: Path, settings: dict, *, fresh: bool) -> None:
     atomic_write(output / STATE, lambda f: f.write(json.dumps({"settings": settings}).encode()))
 
 
-def _read_parts(reader, part_rows: int, done: set[int], ray):
+def _records(corpus: str | Path, options: JobOptions):
+    """The corpus's items as the local job reads them (its plan, its readers, part after
+    part on the driver), its format, and its fingerprint (the planned files' sizes and
+    modification times)."""
+    plan = make_plan([str(corpus)], options)
+    return iter_items(plan, options), plan.format, [asdict(f) for f in plan.files]
+
+
+def _read_parts(records, part_rows: int, done: set[int], ray):
     """The corpus in parts of PART_ROWS records, cut as the single-process job cuts its
     windows (bad and blank lines do not count); those not DONE go to the object store, with
     each record's index in the corpus."""
     import pyarrow as pa
 
     parts, errors, stats = [], [], Stats()
-    for items in windows(reader, part_rows, counts=lambda item: isinstance(item, Record)):
-        records = [item for item in items if isinstance(item, Record)]
-        errors += [i.error() for i in items if isinstance(i, BadLine)]
+    for window in windows(records, part_rows, counts=lambda named: isinstance(named[1], Record)):
+        items = [item for _, item in window]
+        records_ = [item for item in items if isinstance(item, Record)]
+        errors += [{"file": name, "line": i.line, "reason": i.reason}
+                   for name, i in window if isinstance(i, BadLine)]  # fmt: skip
         stats.blank_lines += sum(isinstance(item, Blank) for item in items)
-        first, stats.docs = stats.docs, stats.docs + len(records)
+        first, stats.docs = stats.docs, stats.docs + len(records_)
         index = first // part_rows  # every part but the last holds PART_ROWS records
-        if records and index not in done:
+        if records_ and index not in done:
             table = pa.table({
-                "part": [index] * len(records), "row": list(range(first, stats.docs)),
-                "id": [r.id for r in records], "text": [r.text for r in records],
+                "part": [index] * len(records_), "row": list(range(first, stats.docs)),
+                "id": [r.id for r in records_], "text": [r.text for r in records_],
             })  # fmt: skip
-            parts.append((index, len(records), ray.put(table)))
+            parts.append((index, len(records_), ray.put(table)))
     stats.skipped = len(errors)
-    return parts, errors, reader.position(), stats
+    return parts, errors, stats
 
 
-def _check_input(output: Path, position) -> None:
+def _check_input(output: Path, fingerprint: list) -> None:
     """The input's fingerprint is recorded on the first run and must match on resume."""
-    path, now = output / INPUT, asdict(position)
+    path, now = output / INPUT, fingerprint
     if path.is_file():
         if json.loads(path.read_text(encoding="utf-8")) != now:
             raise OutputError(
@@ -578,7 +586,7 @@ def _took_stats(took: dict) -> Stats:
     )
 
 
-def _finish(output, settings, position, stats, errors, run, embedded) -> RaySummary:
+def _finish(output, settings, fingerprint, stats, errors, run, embedded) -> RaySummary:
     import pyarrow.parquet as pq
     import ray
 
@@ -603,7 +611,7 @@ def _finish(output, settings, position, stats, errors, run, embedded) -> RaySumm
         "rows": totals.docs,
         "parts": listed,
         "settings": settings,
-        "input": asdict(position),
+        "input": fingerprint,
         "stats": totals.to_dict(),
     }
     atomic_write(output / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=2).encode()))

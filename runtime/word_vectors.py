@@ -12,9 +12,9 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from albert_onnx.errors import InputError, ManifestError
-from albert_onnx.runtime.manifest import verified_file
-from albert_onnx.runtime.model_dir import ModelDir
-from albert_onnx.runtime.tokenizer import METASPACE, lone_surrogate
+from albert_onnx.runtime.model.manifest import verified_file
+from albert_onnx.runtime.model.model_dir import ModelDir
+from albert_onnx.runtime.pipeline.tokenizer import METASPACE, lone_surrogate
 
 
 class WordVectors:

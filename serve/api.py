@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from albert_onnx.errors import AlbertOnnxError, InputError
-from albert_onnx.runtime.tokenizer import check_texts
+from albert_onnx.runtime.pipeline.tokenizer import check_texts
 
 # kind -> (HTTP status, OpenAI error type, TEI error type)
 KINDS = {

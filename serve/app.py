@@ -28,8 +28,8 @@ from starlette.routing import Route
 
 import albert_onnx
 from albert_onnx.errors import AlbertOnnxError
-from albert_onnx.runtime.embedder import Doc, Embedder
-from albert_onnx.runtime.pooling import l2_normalize
+from albert_onnx.runtime.pipeline.pipeline import Doc, Pipeline
+from albert_onnx.runtime.pipeline.pooling import l2_normalize
 from albert_onnx.serve.api import (
     ApiError,
     EmbedCall,
@@ -54,18 +54,11 @@ class Service:
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
-        self.embedder = Embedder(
-            config.model,
-            provider=config.provider,
-            precision=config.precision,
-            max_batch_tokens=config.max_batch_tokens,
-            threads=config.threads,
-            device_id=config.device_id,
-        )
-        self.model_name = config.served_model_name or self.embedder.model_dir.name
+        self.pipeline = Pipeline(config.model)
+        self.model_name = config.served_model_name or self.pipeline.model_dir.name
         self.max_queue_tokens = config.max_queue_tokens or max(
-            8 * self.embedder.max_batch_tokens,
-            config.max_inputs_per_request * self.embedder.max_length,
+            8 * self.pipeline.max_batch_tokens,
+            config.max_inputs_per_request * self.pipeline.max_length,
         )
         self.metrics = Metrics(self._queued_inputs, self._queued_tokens)
         self.engine: Engine | None = None
@@ -91,15 +84,16 @@ class Service:
         """Run one full batch at each of a few lengths, so that onnxruntime's allocations
         are done before the first client waits on them; then start the engine. Whatever
         fails here is kept, and stops the server (serve.py)."""
-        budget = self.embedder.max_batch_tokens
+        pipeline = self.pipeline
+        budget = pipeline.max_batch_tokens
         try:
-            for length in (n for n in WARMUP_LENGTHS if n <= self.embedder.max_length):
+            for length in (n for n in WARMUP_LENGTHS if n <= self.pipeline.max_length):
                 if self.stopping.is_set():  # a signal came during warm-up: stop cleanly
                     return
                 text = " ".join(["word"] * (length - 2))
-                self.embedder.embed([text] * max(1, budget // length))
+                pipeline.embed_docs(pipeline.tokenize([text] * max(1, budget // length)))
             self.engine = Engine(
-                self.embedder,
+                self.pipeline,
                 self.max_queue_tokens,
                 self.config.max_wait_ms,
                 isolate=self.config.isolate_requests,
@@ -111,7 +105,7 @@ class Service:
 
     def info(self) -> dict[str, Any]:
         """text-embeddings-inference's /info fields, then this server's own."""
-        e, c = self.embedder, self.config
+        e, c = self.pipeline, self.config
         return {
             "model_id": self.model_name,
             "model_dtype": e.precision,
@@ -177,13 +171,13 @@ class Service:
         """In the tokenizer pool, never on the event loop: texts are up to the body limit.
         Each text is tokenized from a bounded prefix (the runtime's tokenizer), which is
         enough to tell that it is over the limit, not by how much."""
-        docs = self.embedder.tokenize(call.texts)
+        docs = self.pipeline.tokenize(call.texts)
         if not call.truncate:
             for i, doc in enumerate(docs):
                 if doc[0].truncated:
                     raise ApiError(
                         "input_too_long",
-                        f"{call.field}[{i}] has more than {self.embedder.max_length} tokens, "
+                        f"{call.field}[{i}] has more than {self.pipeline.max_length} tokens, "
                         "the model's limit; shorten it or allow truncation",
                         param=call.field,
                     )
@@ -287,16 +281,16 @@ def create_app(service: Service) -> Starlette:
         service.metrics.errors.labels(exc.kind).inc()
         return JSONResponse(error_body(request.url.path, exc), exc.status, headers=exc.headers)
 
-    config, embedder = service.config, service.embedder
+    config, pipeline = service.config, service.pipeline
 
     def parse_v1(body: bytes) -> EmbedCall:
         return parse_openai(
-            body, service.model_name, embedder.dimension, config.max_inputs_per_request,
-            embedder.normalize, config.truncate,
+            body, service.model_name, pipeline.dimension, config.max_inputs_per_request,
+            pipeline.normalize, config.truncate,
         )  # fmt: skip
 
     def parse_embed(body: bytes) -> EmbedCall:
-        return parse_tei(body, embedder.dimension, config.max_inputs_per_request, config.truncate)
+        return parse_tei(body, pipeline.dimension, config.max_inputs_per_request, config.truncate)
 
     openai = endpoint(
         "v1_embeddings", parse_v1,

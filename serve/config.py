@@ -4,11 +4,10 @@ here), checked where the API receives them (the Embedder checks its own)."""
 from __future__ import annotations
 
 import resource
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from albert_onnx.errors import OptionError
-from albert_onnx.runtime.options import check_positive
+from albert_onnx.runtime.options import ModelOptions, check_positive
 
 RESERVED_DESCRIPTORS = 64  # model files, the event loop, logs, metrics: what a server holds
 DEFAULT_MAX_CONNECTIONS = 2048
@@ -26,15 +25,10 @@ def connection_room() -> int:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    model: str | Path | None = None
+    model: ModelOptions = field(default_factory=ModelOptions)  # what runs, and how
     host: str = "127.0.0.1"
     port: int = 8080
     api_key: str | None = None
-    provider: str = "auto"
-    precision: str = "auto"
-    threads: int | None = None
-    device_id: int | None = None
-    max_batch_tokens: int | None = None
     max_queue_tokens: int | None = None  # default: 8 batches, or one full request if more
     max_inputs_per_request: int = 256
     max_wait_ms: float = 2.0
@@ -49,6 +43,9 @@ class ServeConfig:
     keep_alive_seconds: float = 5.0  # an idle connection between requests
 
     def __post_init__(self) -> None:
+        if self.model.pooling == "none" or self.model.long_texts != "truncate":
+            raise OptionError("the server answers one vector per whole text: pooling 'none' and "
+                              "long_texts 'chunk' are not served")  # fmt: skip
         check_positive("max_inputs_per_request", self.max_inputs_per_request)
         check_positive("max_body_bytes", self.max_body_bytes)
         if self.max_queue_tokens is not None:

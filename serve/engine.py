@@ -1,7 +1,7 @@
 """The cross-request batching engine: HTTP-free, torch-free.
 
 Requests put their tokenized inputs in one queue; one inference thread takes rounds from
-it, hands each round to the Embedder as one list (which sorts it by length and cuts batches
+it, hands each round to the pipeline as one list (which sorts it by length and cuts batches
 under the token budget with the runtime's bucketer), and completes each request's future
 as soon as the batch holding its last row has run.
 
@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from albert_onnx.errors import AlbertOnnxError, OptionError
-from albert_onnx.runtime.bucketer import group
-from albert_onnx.runtime.embedder import Doc, Embedder, OnBatch
+from albert_onnx.runtime.pipeline.bucketer import group
+from albert_onnx.runtime.pipeline.pipeline import Doc, OnBatch, Pipeline
 
 ROUND_BATCHES = 8
 WHOLE_BATCHES = 2  # a request of at most this many batches' tokens runs in one turn
@@ -135,15 +135,15 @@ class EngineHooks:
 class Engine:
     def __init__(
         self,
-        embedder: Embedder,
+        pipeline: Pipeline,
         max_queue_tokens: int,
         max_wait_ms: float,
         isolate: bool = False,
         hooks: EngineHooks | None = None,
     ) -> None:
-        if embedder.chunked:
+        if pipeline.chunked:
             raise OptionError("the engine embeds whole texts: long_texts='chunk' is not served")
-        self.embedder = embedder
+        self.pipeline = pipeline
         self.max_queue_tokens = max_queue_tokens
         self.max_wait = max_wait_ms / 1000
         self.isolate = isolate
@@ -195,11 +195,11 @@ class Engine:
         # slices are turns, not batches: one batch's tokens each, whatever their lengths
         # (the round cuts the batches); with the padding bound, the 1 to 16 texts of mixed
         # lengths of a typical request would be several slices, and take several rounds
-        slices = group(lengths, self.embedder.max_batch_tokens, max_padding=math.inf)
+        slices = group(lengths, self.pipeline.max_batch_tokens, max_padding=math.inf)
         job = Job(docs, deque(slices), lengths)
         tokens = job.tokens
         if not docs:
-            _settle(job.future, np.zeros((0, self.embedder.dimension), dtype=np.float32))
+            _settle(job.future, np.zeros((0, self.pipeline.dimension), dtype=np.float32))
             return job
         with self._condition:
             if self._closed is not None:
@@ -217,7 +217,7 @@ class Engine:
 
     def _retry_after(self) -> int:
         backlog = self._queued_tokens + self._running_tokens
-        rate = self._tokens_per_s or self.embedder.max_batch_tokens
+        rate = self._tokens_per_s or self.pipeline.max_batch_tokens
         return max(1, math.ceil(backlog / rate))
 
     def cancel(self, job: Job) -> None:
@@ -253,7 +253,7 @@ class Engine:
                 and not self.isolate
                 and self._closed is None
                 and self._arriving > 0
-                and self._queued_tokens < self.embedder.max_batch_tokens
+                and self._queued_tokens < self.pipeline.max_batch_tokens
                 and (left := deadline - time.monotonic()) > 0
             ):
                 self._condition.wait(left)
@@ -271,7 +271,7 @@ class Engine:
         """Jobs in turn, up to one round's tokens (one turn at least): a job of at most
         WHOLE_BATCHES batches' tokens is taken whole; a larger one gives its next slice and
         goes to the back of the queue."""
-        budget = self.embedder.max_batch_tokens
+        budget = self.pipeline.max_batch_tokens
         taken: list[Taken] = []
         total = 0
         for _ in range(len(self._queue)):
@@ -315,7 +315,7 @@ class Engine:
 
     def _run(self, taken: list[Taken]) -> int:
         """One round, and the tokens it embedded: the whole requests first, then the slices
-        of large ones, each group sorted and batched by the Embedder. Each batch's rows go
+        of large ones, each group sorted and batched by the pipeline. Each batch's rows go
         to their jobs as soon as it has run, and a job whose rows are all in is answered
         then, not at the end of the round. If the round fails, each unfinished turn runs
         alone, so one bad request cannot fail the others."""
@@ -324,7 +324,7 @@ class Engine:
             for group_ in ([t for t in live if t.whole], [t for t in live if not t.whole]):
                 owners = [(t, row) for t in group_ for row in t.rows]  # whose, which doc
                 docs = [t.job.docs[row] for t, row in owners]
-                for positions, vectors in self.embedder.pooled_batches(docs, self.hooks.on_batch):
+                for positions, vectors in self.pipeline.pooled_batches(docs, self.hooks.on_batch):
                     for position, vector in zip(positions, vectors, strict=True):
                         t, row = owners[position]
                         t.deliver(row, vector)

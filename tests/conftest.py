@@ -174,15 +174,16 @@ def cli_peak_rss_mb(*args) -> float:
 
 
 class Interrupted(Exception):
-    """Stands in for Ctrl-C: raised from inside a run, it leaves the run's shards behind."""
+    """Stands in for Ctrl-C: raised from inside a run, it leaves the run's parts behind."""
 
 
-def interrupt_after_shards(output: Path, shards: int):
-    """An on_batch callback that interrupts the run once SHARDS shards are on disk."""
-    state = output.with_name(output.name + ".parts") / "state.json"
+def interrupt_after_parts(output: Path, parts: int):
+    """An on_batch callback that interrupts the run once PARTS part files are on disk (of a
+    single-file OUTPUT, in OUTPUT.parts/; of a directory output, in it)."""
+    directory = output.with_name(output.name + ".parts") if output.suffix else output
 
     def on_batch(docs: int, tokens: int, padded: int) -> None:
-        if len(json.loads(state.read_text())["shards"]) >= shards:
+        if len(list(directory.glob("part-*.parquet"))) >= parts:
             raise Interrupted
 
     return on_batch

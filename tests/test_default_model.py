@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from albert_onnx import Embedder
-from albert_onnx.runtime import model_dir
+from albert_onnx.runtime.model import model_dir
 
 from conftest import DATA, run_cli, write_jsonl
 

@@ -14,8 +14,8 @@ from transformers import AlbertModel
 from albert_onnx import Embedder
 from albert_onnx.errors import ManifestError
 from albert_onnx.export.graph import pool
-from albert_onnx.runtime.bucketer import make_batches
-from albert_onnx.runtime.tokenizer import TextTokenizer
+from albert_onnx.runtime.pipeline.bucketer import make_batches
+from albert_onnx.runtime.pipeline.tokenizer import TextTokenizer
 
 from conftest import real_texts, run_cli, write_jsonl
 
@@ -83,8 +83,8 @@ def test_vectors_do_not_depend_on_bucketing_or_budget(english_export, texts):
         for budget in (64, 1000, 100_000)
     ]
     unsorted = Embedder(english_export, provider="cpu", precision="fp32")
-    tokenized = unsorted.tokenize(shuffled)
-    runs.append(unsorted.pooled(tokenized, bucketing=False)[0])
+    tokenized = unsorted.pipeline.tokenize(shuffled)
+    runs.append(unsorted.pipeline.pooled(tokenized, bucketing=False)[0])
     one_by_one = np.concatenate([unsorted.embed([t]) for t in shuffled[:20]])
     for run in runs[1:]:
         assert np.abs(run - runs[0]).max() < 1e-5
@@ -135,14 +135,14 @@ def test_long_texts_chunk_mode_averages_overlapping_windows(english_export):
     long_text = " ".join(real_texts()[::2][:12])  # well past 512 tokens
     truncating = Embedder(english_export, provider="cpu", precision="fp32")
     chunking = Embedder(english_export, provider="cpu", precision="fp32", long_texts="chunk")
-    windows = chunking.tokenize([long_text])[0]
+    windows = chunking.pipeline.tokenize([long_text])[0]
     assert len(windows) > 1 and all(len(w) <= 512 for w in windows)
-    per_window, _ = chunking.pooled([[w] for w in windows])
+    per_window, _ = chunking.pipeline.pooled([[w] for w in windows])
     weights = np.array([len(w) for w in windows], dtype=np.float32)
     expected = (per_window * weights[:, None]).sum(0) / weights.sum()
-    chunked, counts = chunking.pooled([windows])
+    chunked, counts = chunking.pipeline.pooled([windows])
     assert np.allclose(chunked[0], expected, atol=1e-5) and counts.truncated == 0
-    _, truncated_counts = truncating.pooled(truncating.tokenize([long_text]))
+    _, truncated_counts = truncating.pipeline.pooled(truncating.pipeline.tokenize([long_text]))
     assert truncated_counts.truncated == 1
     short = ["short text", "another one"]
     assert np.allclose(chunking.embed(short), truncating.embed(short), atol=1e-6)
@@ -181,7 +181,7 @@ class TestManifestIsCheckedFirst:
 
 
 def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
-    from albert_onnx.runtime import model_dir
+    from albert_onnx.runtime.model import model_dir
 
     monkeypatch.delenv(model_dir.ENV_MODEL, raising=False)
     monkeypatch.setattr(model_dir, "default_model_dir", lambda: tmp_path / "missing")
@@ -190,7 +190,7 @@ def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_default_model_is_resolvable(english_export, tmp_path, monkeypatch):
-    from albert_onnx.runtime import model_dir
+    from albert_onnx.runtime.model import model_dir
 
     monkeypatch.delenv(model_dir.ENV_MODEL, raising=False)
     default = model_dir.default_model_dir()

@@ -19,7 +19,7 @@ from albert_onnx.errors import ExportError
 from albert_onnx.export import exporter
 from albert_onnx.export.exporter import export_model
 from albert_onnx.export.graph import pool
-from albert_onnx.runtime.manifest import FORMAT_VERSION, VARIANT_FILES, load_manifest
+from albert_onnx.runtime.model.manifest import FORMAT_VERSION, VARIANT_FILES, load_manifest
 
 from conftest import build_checkpoint, build_sentence_transformer, run_cli
 

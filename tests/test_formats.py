@@ -23,7 +23,7 @@ from conftest import (
     OFFLINE_ENV,
     Interrupted,
     cli_peak_rss_mb,
-    interrupt_after_shards,
+    interrupt_after_parts,
     real_texts,
     run_cli,
     sts_sentences,
@@ -166,8 +166,8 @@ class TestBadRows:
         errors = [json.loads(x) for x in (tmp_path / "v.npy.errors.jsonl").read_text().split("\n")
                   if x]  # fmt: skip
         assert errors == [
-            {"line": 3, "reason": "field 'text' is null"},  # `line`: the data row, here
-            {"line": 4, "reason": "field 'id' is null"},
+            {"file": str(path), "line": 3, "reason": "field 'text' is null"},  # the data row
+            {"file": str(path), "line": 4, "reason": "field 'id' is null"},
         ]
         assert summary.stats.docs == 2
 
@@ -184,7 +184,8 @@ class TestBadRows:
         assert read_npz(tmp_path / "v.npz")[0] == [1, 4]  # row numbers: the bad and blank count
         assert (summary.stats.skipped, summary.stats.blank_lines) == (1, 1)
         errors = (tmp_path / "v.npz.errors.jsonl").read_text()
-        assert json.loads(errors) == {"line": 2, "reason": "has 4 fields, the header 2"}
+        assert json.loads(errors) == {"file": str(path), "line": 2,
+                                      "reason": "has 4 fields, the header 2"}  # fmt: skip
 
     @pytest.mark.parametrize("suffix", [".csv", ".tsv"])
     def test_a_quote_out_of_place_is_a_bad_row_that_swallows_nothing(
@@ -286,36 +287,46 @@ class TestResume:
         path = tmp_path / "c.parquet"
         texts = real_texts()[:60]
         pq.write_table(pa.table({"text": texts, "id": list(range(60))}), path, row_group_size=7)
-        options = {"id_field": "id", "window_texts": 10}
+        options = {"id_field": "id", "window_texts": 10, "part_rows": 21}  # 3 row groups a part
         embed_corpus(embedder, path, tmp_path / "full.npz", **options)
         with pytest.raises(Interrupted):
-            stop = interrupt_after_shards(tmp_path / "cut.npz", 3)
+            stop = interrupt_after_parts(tmp_path / "cut.npz", 2)
             embed_corpus(embedder, path, tmp_path / "cut.npz", on_batch=stop, **options)
         summary = embed_corpus(embedder, path, tmp_path / "cut.npz", resume=True, **options)
-        assert summary.resumed_after_line == 30
+        assert (summary.resumed_parts, summary.parts) == (2, 3)
         assert (tmp_path / "cut.npz").read_bytes() == (tmp_path / "full.npz").read_bytes()
 
         with pytest.raises(Interrupted):
-            stop = interrupt_after_shards(tmp_path / "again.npz", 2)
+            stop = interrupt_after_parts(tmp_path / "again.npz", 1)
             embed_corpus(embedder, path, tmp_path / "again.npz", on_batch=stop, **options)
-        pq.write_table(pa.table({"text": texts[::-1], "id": list(range(60))}), path)
-        with pytest.raises(CorpusError, match="fingerprinted whole"):
+        pq.write_table(pa.table({"text": texts[::-1], "id": list(range(60))}), path,
+                       row_group_size=7)  # fmt: skip
+        with pytest.raises(OutputError, match=r"the input changed .*c\.parquet was"):
             embed_corpus(embedder, path, tmp_path / "again.npz", resume=True, **options)
 
-    def test_jsonl_gz_resumes_and_refuses_an_edited_prefix(self, embedder, tmp_path):
-        path = tmp_path / "c.jsonl.gz"
+    def test_jsonl_gz_files_resume_by_file_and_refuse_an_edited_one(self, embedder, tmp_path):
+        """A gzip file is one part: a directory of them resumes file by file."""
         rows = [json.dumps({"text": t}) + "\n" for t in real_texts()[:40]]
-        path.write_bytes(gzip.compress("".join(rows).encode()))
+        for n in range(2):
+            (tmp_path / "c" / f"{n}.jsonl.gz").parent.mkdir(exist_ok=True)
+            (tmp_path / "c" / f"{n}.jsonl.gz").write_bytes(
+                gzip.compress("".join(rows[n * 20 : (n + 1) * 20]).encode())
+            )
         with pytest.raises(Interrupted):
-            embed_corpus(embedder, path, tmp_path / "v.npy", window_texts=10,
-                         on_batch=interrupt_after_shards(tmp_path / "v.npy", 2))  # fmt: skip
-        edited = [json.dumps({"text": "edited"}) + "\n", *rows[1:]]
-        path.write_bytes(gzip.compress("".join(edited).encode()))
-        with pytest.raises(CorpusError, match="changed since the interrupted run"):
-            embed_corpus(embedder, path, tmp_path / "v.npy", window_texts=10, resume=True)
-        path.write_bytes(gzip.compress("".join(rows).encode()))
-        summary = embed_corpus(embedder, path, tmp_path / "v.npy", window_texts=10, resume=True)
-        assert summary.resumed_after_line == 20 and summary.stats.docs == 40
+            embed_corpus(embedder, tmp_path / "c", tmp_path / "v.npy", window_texts=10,
+                         on_batch=interrupt_after_parts(tmp_path / "v.npy", 1))  # fmt: skip
+        summary = embed_corpus(embedder, tmp_path / "c", tmp_path / "v.npy", resume=True,
+                               window_texts=10)  # fmt: skip
+        assert summary.resumed_parts == 1 and summary.stats.docs == 40
+        assert np.load(tmp_path / "v.npy").shape == (40, 64)
+        with pytest.raises(Interrupted):
+            embed_corpus(embedder, tmp_path / "c", tmp_path / "w.npy", window_texts=10,
+                         on_batch=interrupt_after_parts(tmp_path / "w.npy", 1))  # fmt: skip
+        edited = [json.dumps({"text": "edited"}) + "\n", *rows[1:20]]
+        (tmp_path / "c" / "0.jsonl.gz").write_bytes(gzip.compress("".join(edited).encode()))
+        with pytest.raises(OutputError, match=r"0\.jsonl\.gz was"):
+            embed_corpus(embedder, tmp_path / "c", tmp_path / "w.npy", window_texts=10,
+                         resume=True)  # fmt: skip
 
 
 def test_a_large_parquet_file_streams_in_flat_memory(english_export, tmp_path):

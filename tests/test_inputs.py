@@ -25,7 +25,7 @@ from albert_onnx.errors import (
     OptionError,
 )
 from albert_onnx.runtime.job import embed_corpus
-from albert_onnx.runtime.windows import ahead
+from albert_onnx.runtime.pipeline.windows import ahead
 
 from conftest import cli_peak_rss_mb, real_texts, run_cli, sts_sentences, write_jsonl
 
@@ -164,7 +164,7 @@ def test_8_a_50_mb_line_costs_bounded_memory(english_export, tmp_path):
 def test_8_a_chunked_long_text_becomes_windows_of_at_most_max_length(english_export):
     chunking = Embedder(english_export, provider="cpu", precision="fp32", long_texts="chunk")
     long_text = " ".join(real_texts()[::2][:40])
-    (windows,) = chunking.tokenize([long_text])
+    (windows,) = chunking.pipeline.tokenize([long_text])
     assert len(windows) > 5 and all(len(w) <= 512 for w in windows)
     assert chunking.embed([long_text]).shape == (1, 64)
 
@@ -420,4 +420,4 @@ def test_10_field_names_are_checked(embedder, tmp_path, text_field, id_field):
 def test_a_token_vector_embedder_refuses_to_pool(english_export):
     tokens = Embedder(english_export, provider="cpu", pooling="none")
     with pytest.raises(OptionError, match="gives token vectors"):
-        tokens.pooled(tokens.tokenize(["text"]))
+        tokens.pipeline.pooled(tokens.pipeline.tokenize(["text"]))

@@ -99,7 +99,7 @@ def hold_lock(output) -> subprocess.Popen:
     """Another process that holds OUTPUT's lock until it is killed."""
     code = (
         "import sys, time; from pathlib import Path; "
-        "from albert_onnx.runtime.output_lock import OutputLock; "
+        "from albert_onnx.runtime.io.output_lock import OutputLock; "
         f"OutputLock(Path({str(output) + '.lock'!r}), Path({str(output)!r})).acquire(); "
         "print('locked', flush=True); time.sleep(600)"
     )
@@ -141,11 +141,9 @@ def test_2_a_forced_second_run_cannot_corrupt_a_running_one(english_export, tmp_
          "--threads", "1", "--no-progress", "--precision", "fp32", "--provider", "cpu"],
         env=OFFLINE_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    state = tmp_path / "v.npy.parts" / "state.json"
+    state = tmp_path / "v.npy.parts" / "_state.json"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (
-        state.exists() and json.loads(state.read_text())["shards"]
-    ):
+    while time.monotonic() < deadline and not state.exists():  # A holds the lock by now
         time.sleep(0.02)
     run_b = run_cli("embed", corpus_b, "-o", output, *common, "--force", "--no-progress")
     assert run_a.poll() is None, "A finished before B tried: the test proves nothing"
@@ -212,7 +210,7 @@ def can_mount_a_private_filesystem() -> bool:
 )
 @pytest.mark.parametrize("fmt", [".npy", ".npz", ".parquet", ".jsonl"])
 def test_9_a_really_full_disk_says_so_in_every_format(english_export, tmp_path, fmt):
-    """A 24 kB tmpfs, mounted in a namespace of the run's own: a shard's write fails with
+    """A 24 kB tmpfs, mounted in a namespace of the run's own: a part's write fails with
     ENOSPC midway. It was reported as `[Errno None] None` (numpy's short-write message,
     without its cause); now it says what the OS said."""
     disk = tmp_path / "disk"
@@ -227,9 +225,8 @@ def test_9_a_really_full_disk_says_so_in_every_format(english_export, tmp_path, 
     )  # fmt: skip
     assert full.returncode == 1 and "Traceback" not in full.stderr
     error = full.stderr.strip().splitlines()[-1]
-    assert re.fullmatch(
-        rf"error: {disk}/v\{fmt}\.parts/\d{{6}}\.npy: No space left on device", error
-    )
+    part = rf"{disk}/v\{fmt}\.parts/part-\d{{6}}\.parquet"
+    assert re.fullmatch(rf"error: {part}: .*No space left on device", error), error
 
 
 def test_9_a_manifest_that_is_not_an_object_is_one_line(english_export, tmp_path):

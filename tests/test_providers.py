@@ -23,8 +23,8 @@ from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 
 from albert_onnx import Embedder
 from albert_onnx.errors import AlbertOnnxWarning, ManifestError, OptionError, ProviderError
-from albert_onnx.runtime.embedder import default_batch_tokens
-from albert_onnx.runtime.providers import cgroup_cpu_limit, cpu_threads
+from albert_onnx.runtime.pipeline.pipeline import default_batch_tokens
+from albert_onnx.runtime.pipeline.providers import cgroup_cpu_limit, cpu_threads
 
 from conftest import real_texts
 
@@ -203,7 +203,7 @@ class TestCpuThreads:
     def test_follow_cpu_affinity(self):
         code = (
             "import os; os.sched_setaffinity(0, {0}); "
-            "from albert_onnx.runtime.providers import cpu_threads; print(cpu_threads())"
+            "from albert_onnx.runtime.pipeline.providers import cpu_threads; print(cpu_threads())"
         )
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert result.stdout.strip() == "1"

@@ -26,7 +26,7 @@ import ray
 
 from albert_onnx import Embedder
 from albert_onnx.errors import CorpusError, OutputError
-from albert_onnx.runtime.model_dir import ModelDir
+from albert_onnx.runtime.model.model_dir import ModelDir
 from albert_onnx.runtime.ray_data import (
     EmbedWorker,
     _materialize,
@@ -162,13 +162,14 @@ def test_resume_after_the_driver_was_killed_embeds_only_the_missing_parts(
     done_before = len(list(output.glob("part-*.parquet")))
     assert 3 <= done_before < 40 and not (output / "_manifest.json").exists()
 
-    original = corpus.read_bytes()
+    original, stat = corpus.read_bytes(), corpus.stat()
     pq.write_table(pq.read_table(corpus).slice(0, 999), corpus)  # the input changed
     try:
         refused = subprocess.run([*args, "--resume"], env=OFFLINE_ENV, capture_output=True,
                                  text=True, timeout=TIMEOUT, start_new_session=True)  # fmt: skip
-    finally:
+    finally:  # put back as it was, modification time included (as `cp -p` would)
         corpus.write_bytes(original)
+        os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert refused.returncode == 1 and "the input changed" in refused.stderr
 
     resumed = subprocess.run([*args, "--resume"], env=OFFLINE_ENV, capture_output=True,
@@ -336,7 +337,10 @@ def test_a_worker_counts_every_window_and_rebuilds_a_damaged_copy_of_the_model(
     long_text = " ".join(real_texts()[:80])
     batch = pa.table({"id": [0, 1], "text": [long_text, "short"]})
     embedder = Embedder(english_export, provider="cpu", precision="fp32", long_texts="chunk")
-    single = [embedder.embed_docs(embedder.tokenize([t]))[1].tokens for t in (long_text, "short")]
+    single = [
+        embedder.pipeline.embed_docs(embedder.pipeline.tokenize([t]))[1].tokens
+        for t in (long_text, "short")
+    ]
 
     first = EmbedWorker(model, options, "text", "id")(batch)
     assert first.column("tokens").to_pylist() == single and single[0] > 512  # all windows

@@ -17,7 +17,7 @@ import pytest
 from openai import OpenAI
 
 from albert_onnx import Embedder
-from albert_onnx.runtime.pooling import l2_normalize
+from albert_onnx.runtime.pipeline.pooling import l2_normalize
 
 from conftest import real_texts, run_cli
 from live_server import TIMEOUT, Running, serving
@@ -52,7 +52,7 @@ def test_the_openai_client_gets_the_embedders_vectors_in_order(fp32_server, refe
     assert [d.index for d in response.data] == list(range(40))
     vectors = np.array([d.embedding for d in response.data], dtype=np.float32)
     assert cosines(vectors, reference.embed(texts)).min() >= 0.9999
-    tokens = sum(len(doc[0]) for doc in reference.tokenize(texts))
+    tokens = sum(len(doc[0]) for doc in reference.pipeline.tokenize(texts))
     assert response.usage.prompt_tokens == response.usage.total_tokens == tokens
 
 
@@ -274,7 +274,8 @@ sys.meta_path.insert(0, Block())
 from albert_onnx.serve.app import Service, create_app
 from albert_onnx.serve.config import ServeConfig
 from albert_onnx.serve import server
-service = Service(ServeConfig(model={str(english_export)!r}, provider='cpu'))
+from albert_onnx.runtime.options import ModelOptions
+service = Service(ServeConfig(model=ModelOptions({str(english_export)!r}, provider='cpu')))
 create_app(service)
 assert not any(m.split('.')[0] in ('torch', 'transformers') for m in sys.modules)
 print('ok')

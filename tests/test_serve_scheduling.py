@@ -13,7 +13,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from albert_onnx import Embedder
+from albert_onnx.runtime.options import ModelOptions
+from albert_onnx.runtime.pipeline.pipeline import Pipeline
 from albert_onnx.serve.engine import Engine, EngineClosed, EngineHooks
 
 from conftest import real_texts
@@ -23,8 +24,9 @@ BUDGET = 512  # padded tokens per batch: a 64-text request of ~128 tokens takes 
 
 
 @pytest.fixture(scope="module")
-def embedder(english_export) -> Embedder:
-    return Embedder(english_export, provider="cpu", precision="fp32", max_batch_tokens=BUDGET)
+def pipeline(english_export) -> Pipeline:
+    options = ModelOptions(english_export, "cpu", "fp32", max_batch_tokens=BUDGET)
+    return Pipeline(options)
 
 
 def long_texts(count: int) -> list[str]:
@@ -55,21 +57,21 @@ class Recorder:
         return EngineHooks(on_batch=on_batch, on_dropped=on_dropped)
 
 
-def test_a_small_request_waits_about_one_batch_behind_a_large_one(embedder):
+def test_a_small_request_waits_about_one_batch_behind_a_large_one(pipeline):
     recorder = Recorder()
-    engine = Engine(embedder, max_queue_tokens=10**6, max_wait_ms=0, hooks=recorder.hooks())
+    engine = Engine(pipeline, max_queue_tokens=10**6, max_wait_ms=0, hooks=recorder.hooks())
     large_texts, small_texts = long_texts(64), ["a short question"]
     arrived = {}
 
     def small_arrives() -> None:
         arrived["at_batch"] = recorder.batches
-        arrived["job"] = engine.submit(embedder.tokenize(small_texts))
+        arrived["job"] = engine.submit(pipeline.tokenize(small_texts))
         arrived["job"].future.add_done_callback(
             lambda _: arrived.setdefault("done_at_batch", recorder.batches)
         )
 
     recorder.after[1] = small_arrives  # while the large request's first batch has just run
-    large = engine.submit(embedder.tokenize(large_texts))
+    large = engine.submit(pipeline.tokenize(large_texts))
     large_vectors = large.future.result(timeout=TIMEOUT)
     small_vectors = arrived["job"].future.result(timeout=TIMEOUT)
     engine.stop()
@@ -80,30 +82,32 @@ def test_a_small_request_waits_about_one_batch_behind_a_large_one(embedder):
     # another batch of the large request ran (batches are counted once they have run)
     assert arrived["done_at_batch"] == arrived["at_batch"] == 1
     # and each gets its own rows, as if it had run alone
-    assert np.abs(large_vectors - embedder.embed(large_texts, normalize=False)).max() < 1e-5
-    assert np.abs(small_vectors - embedder.embed(small_texts, normalize=False)).max() < 1e-5
+    alone = [pipeline.pooled(pipeline.tokenize(t), normalize=False)[0] for t in
+             (large_texts, small_texts)]  # fmt: skip
+    assert np.abs(large_vectors - alone[0]).max() < 1e-5
+    assert np.abs(small_vectors - alone[1]).max() < 1e-5
 
 
-def test_many_small_requests_still_share_batches(embedder):
+def test_many_small_requests_still_share_batches(pipeline):
     """Fairness does not cost cross-request batching: 32 one-text requests queued together
     run in a few batches, not 32."""
     recorder = Recorder()
-    engine = Engine(embedder, max_queue_tokens=10**6, max_wait_ms=0, hooks=recorder.hooks())
-    blocker = engine.submit(embedder.tokenize(long_texts(4)))  # the others queue behind it
-    jobs = [engine.submit(embedder.tokenize([text])) for text in real_texts()[1::2][:32]]
+    engine = Engine(pipeline, max_queue_tokens=10**6, max_wait_ms=0, hooks=recorder.hooks())
+    blocker = engine.submit(pipeline.tokenize(long_texts(4)))  # the others queue behind it
+    jobs = [engine.submit(pipeline.tokenize([text])) for text in real_texts()[1::2][:32]]
     for job in [blocker, *jobs]:
         job.future.result(timeout=TIMEOUT)
     engine.stop()
     assert recorder.batches <= 8
 
 
-def test_a_cancelled_request_loses_the_batches_not_yet_run(embedder):
+def test_a_cancelled_request_loses_the_batches_not_yet_run(pipeline):
     recorder = Recorder()
-    engine = Engine(embedder, max_queue_tokens=10**6, max_wait_ms=0, hooks=recorder.hooks())
+    engine = Engine(pipeline, max_queue_tokens=10**6, max_wait_ms=0, hooks=recorder.hooks())
     texts = long_texts(64)
     jobs = []
     recorder.after[1] = lambda: engine.cancel(jobs[0])  # the client left after one batch
-    jobs.append(engine.submit(embedder.tokenize(texts)))
+    jobs.append(engine.submit(pipeline.tokenize(texts)))
     with pytest.raises(TimeoutError):
         jobs[0].future.result(timeout=2)
     engine.stop()
@@ -115,19 +119,19 @@ def test_a_cancelled_request_loses_the_batches_not_yet_run(embedder):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_failed_inference_thread_fails_its_waiters_instead_of_hanging(english_export):
     """The engine alone (no HTTP): a bug in a round must not leave futures waiting."""
-    embedder = Embedder(english_export, provider="cpu")
-    engine = Engine(embedder, max_queue_tokens=100_000, max_wait_ms=0)
+    pipeline = Pipeline(ModelOptions(english_export, "cpu"))
+    engine = Engine(pipeline, max_queue_tokens=100_000, max_wait_ms=0)
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("a bug in a round")
 
-    embedder.pooled_batches = broken  # the failure being tested: not an albert-onnx error
-    job = engine.submit(embedder.tokenize(["a text"]))
+    pipeline.pooled_batches = broken  # the failure being tested: not an albert-onnx error
+    job = engine.submit(pipeline.tokenize(["a text"]))
     with pytest.raises(EngineClosed, match="RuntimeError: a bug in a round"):
         job.future.result(timeout=TIMEOUT)
     assert not engine.alive
     with pytest.raises(EngineClosed):
-        engine.submit(embedder.tokenize(["another"]))
+        engine.submit(pipeline.tokenize(["another"]))
     engine.stop(timeout=TIMEOUT)  # the thread's end (and its traceback) belong to this test
     assert not engine.running
 

@@ -7,8 +7,8 @@ from tokenizers import Tokenizer
 from transformers import AlbertTokenizer, BertTokenizer
 
 from albert_onnx.export.exporter import export_model
-from albert_onnx.runtime.manifest import load_manifest
-from albert_onnx.runtime.tokenizer import TextTokenizer
+from albert_onnx.runtime.model.manifest import load_manifest
+from albert_onnx.runtime.pipeline.tokenizer import TextTokenizer
 
 from conftest import DATA, build_checkpoint, sts_sentences
 

@@ -48,8 +48,8 @@ from torch import nn
 
 from albert_onnx.export.graph import pool
 from albert_onnx.export.tokenizer_files import write_tokenizer
-from albert_onnx.runtime.bucketer import pad_batch
-from albert_onnx.runtime.tokenizer import TextTokenizer
+from albert_onnx.runtime.pipeline.bucketer import pad_batch
+from albert_onnx.runtime.pipeline.tokenizer import TextTokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 ALBERT_TOKENIZER = REPO / "tests" / "data" / "albert-base-v2"

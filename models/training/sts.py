@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from albert_onnx.runtime.pooling import l2_normalize
+from albert_onnx.runtime.pipeline.pooling import l2_normalize
 
 
 def read_pairs(path: Path) -> tuple[list[str], list[str], np.ndarray]:

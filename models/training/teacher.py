@@ -25,8 +25,8 @@ from albert_onnx.export.exporter import OPSET, _describe, _tool_versions
 from albert_onnx.export.graph import PooledAlbert, export_onnx
 from albert_onnx.export.optimize import quantize_int8
 from albert_onnx.export.parity import ParityProbe
-from albert_onnx.runtime.manifest import VARIANT_FILES, Manifest, sha256_of
-from albert_onnx.runtime.tokenizer import TextTokenizer
+from albert_onnx.runtime.model.manifest import VARIANT_FILES, Manifest, sha256_of
+from albert_onnx.runtime.pipeline.tokenizer import TextTokenizer
 
 MAX_LENGTH = 256  # all-MiniLM-L6-v2's sentence-transformers max_seq_length
 

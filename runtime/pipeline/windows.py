@@ -2,9 +2,9 @@
 `Embedder.stream` share.
 
 A window is what is length-sorted together (more texts pad less but hold more memory) and,
-in the corpus job, what one shard holds. The next window is grouped and tokenized in a
-background thread while the current one runs: tokenization (Rust) and inference
-(onnxruntime) both release the GIL, and the bounded look-ahead keeps memory constant
+in the corpus job, what one row group of a part file holds. The next window is grouped and
+tokenized in a background thread while the current one runs: tokenization (Rust) and
+inference (onnxruntime) both release the GIL, and the bounded look-ahead keeps memory constant
 however large the corpus is.
 """
 
@@ -17,8 +17,6 @@ from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
-WINDOW_TEXTS = 4096
-PART_ROWS = 4096  # `embed --ray`: records per part, each one block for a Ray worker
 _DONE = object()
 
 

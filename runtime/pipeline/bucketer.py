@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from albert_onnx.runtime.tokenizer import Encoded
+from albert_onnx.runtime.pipeline.tokenizer import Encoded
 
 PAD_MULTIPLE = 8
 MAX_PADDING = 0.1  # a sorted batch pads a text by at most this share of its length

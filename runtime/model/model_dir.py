@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from albert_onnx.errors import ManifestError
-from albert_onnx.runtime.manifest import Manifest, load_manifest, verified_file
+from albert_onnx.runtime.model.manifest import Manifest, load_manifest, verified_file
 
 ENV_MODEL = "ALBERT_ONNX_MODEL"
 

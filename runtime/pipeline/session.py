@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from albert_onnx.errors import OptionError, OutOfMemoryError, ProviderError
-from albert_onnx.runtime.model_dir import ModelDir
+from albert_onnx.runtime.model.model_dir import ModelDir
 from albert_onnx.runtime.options import Precision, Provider, check_choice
-from albert_onnx.runtime.providers import PROVIDER_NAMES, cuda_in_build, onnxruntime_module
+from albert_onnx.runtime.pipeline.providers import PROVIDER_NAMES, cuda_in_build, onnxruntime_module
 
 PREFERRED = {"cuda": ("fp16", "fp32"), "cpu": ("int8", "fp32", "fp16")}
 OUT_OF_MEMORY = re.compile(r"out of memory|failed to allocate|alloc_failed|bad_alloc", re.I)

@@ -1,0 +1,168 @@
+"""Commit: once every part exists, check them against the plan, count, and finish the output.
+
+- A directory output gets `_errors.jsonl` (with --on-error skip) and then `_manifest.json`,
+  last: rows, parts, summed counts, settings, the inputs' and model's fingerprints. A
+  directory without a manifest is incomplete, and `open_output` refuses it.
+- A single-file output (.npy, .npz, .parquet, .jsonl) is assembled from the parts in one
+  streaming pass (sidecars first, the output last), and the parts are removed after it.
+
+Duplicate ids are counted exactly over every part in bounded memory (`stats.py`). Ids of
+different kinds in different parts (a JSONL corpus whose ids are integers in one file and
+strings in another) fail the commit with both places named.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from albert_onnx.errors import CorpusError, OutputError
+from albert_onnx.runtime.io.formats import Chunk, write_ids_jsonl, write_output
+from albert_onnx.runtime.io.storage import Location, locate
+from albert_onnx.runtime.jobs.part import PartMeta, read_part
+from albert_onnx.runtime.jobs.state import ERRORS, MANIFEST, STATE, RunState
+from albert_onnx.runtime.stats import Stats, count_duplicates
+
+MANIFEST_FORMAT = 1
+
+
+@dataclass
+class Parts:
+    """A finished run's part files, read back in input order (`formats.Rows`)."""
+
+    directory: Location
+    metas: list[PartMeta]
+    dimension: int
+
+    @property
+    def rows(self) -> int:
+        return sum(m.rows for m in self.metas)
+
+    @property
+    def vector_rows(self) -> int:
+        return sum(m.vector_rows for m in self.metas)
+
+    def chunks(self) -> Iterator[Chunk]:
+        for meta in self.metas:
+            if meta.rows:
+                yield from read_part(self.directory.child(meta.part.name), self.dimension)
+
+    def ids(self) -> Iterator[list]:
+        return (ids for ids, _, _ in self.chunks())
+
+
+def commit(
+    state: RunState,
+    metas: dict[int, PartMeta],
+    single: Location | None,
+    dimension: int,
+    dtype: str,
+    ragged: bool,
+    keep_errors: bool,
+) -> tuple[Stats, list[str]]:
+    """Finish the run whose parts are METAS (see the module docstring); the corpus's counts
+    and the files written."""
+    plan, directory = state.plan, state.directory
+    missing = [p.name for p in plan.parts if p.index not in metas]
+    if missing:
+        raise OutputError(f"{directory}: parts {', '.join(missing[:3])} are missing")
+    ordered = [metas[p.index] for p in plan.parts]
+    id_kind = _one_id_kind(state, ordered)
+    stats = Stats()
+    for meta in ordered:
+        stats.add(Stats.from_dict(meta.stats))
+    parts = Parts(directory, ordered, dimension)
+    stats.duplicate_ids = count_duplicates(parts.ids())
+    errors = [error for meta in ordered for error in meta.errors]
+    if single is None:
+        written = _finish_directory(state, parts, stats, errors if keep_errors else None)
+    else:
+        written = _finish_single(single, parts, np.dtype(dtype), id_kind, ragged,
+                                 errors if keep_errors else None)  # fmt: skip
+        directory.child(STATE).delete()  # first: parts without a state are never resumed
+        directory.delete()
+    return stats, written
+
+
+def _one_id_kind(state: RunState, metas: list[PartMeta]) -> str:
+    kinds = {m.id_kind: m for m in reversed(metas) if m.id_kind}
+    if len(kinds) > 1:
+        where = ", ".join(
+            f"{state.plan.files[m.part.file].name} ({'integers' if k == 'int' else 'strings'})"
+            for k, m in sorted(kinds.items())
+        )
+        raise CorpusError(f"ids must all be strings or all integers, and they are not: {where}")
+    return next(iter(kinds), state.plan.id_kind or "int")
+
+
+def _finish_directory(
+    state: RunState, parts: Parts, stats: Stats, errors: list | None
+) -> list[str]:
+    directory = state.directory
+    written = []
+    if errors is not None:
+        directory.child(ERRORS).write_bytes("".join(json.dumps(e) + "\n" for e in errors).encode())
+        written.append(str(directory.child(ERRORS)))
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "rows": parts.rows,
+        "parts": [
+            {
+                "file": m.part.name,
+                "rows": m.rows,
+                "input": state.plan.files[m.part.file].name,
+                "lines": m.lines,
+                "bytes": m.bytes,
+                "sha256": m.sha256,
+            }
+            for m in parts.metas
+        ],
+        "settings": state.settings,
+        "inputs": [asdict(f) for f in state.plan.files],
+        "stats": stats.to_dict(),
+    }
+    directory.child(MANIFEST).write_bytes(json.dumps(manifest, indent=2).encode())
+    directory.child(STATE).delete()  # after the manifest: a kill between leaves a resumable run
+    directory.sync()
+    return [str(directory), *written]
+
+
+def _finish_single(
+    output: Location, parts: Parts, dtype: np.dtype, id_kind: str, ragged: bool,
+    errors: list | None,
+) -> list[str]:  # fmt: skip
+    written = []
+    if output.name.endswith(".npy"):
+        ids_file = output.sibling(output.name + ".ids.jsonl")
+        ids_file.write_atomic(lambda f: write_ids_jsonl(f, parts))
+        written.append(ids_file)
+    if errors is not None:
+        errors_file = output.sibling(output.name + ".errors.jsonl")
+        errors_file.write_bytes("".join(json.dumps(e) + "\n" for e in errors).encode())
+        written.append(errors_file)
+    write_output(output, parts, dtype, parts.dimension, id_kind, ragged)
+    return [str(p) for p in (output, *written)]
+
+
+def open_output(spec: str) -> tuple[dict[str, Any], Parts]:
+    """A complete directory output, for reading it back: its manifest and its parts. One
+    without a manifest is incomplete, and refused."""
+    from albert_onnx.runtime.jobs.part import read_meta
+
+    directory = locate(spec)
+    manifest_file = directory.child(MANIFEST)
+    if not manifest_file.is_file():
+        raise OutputError(f"{directory}: no {MANIFEST}, so the output is not complete")
+    manifest = json.loads(manifest_file.read_bytes())
+    metas = []
+    for entry in manifest["parts"]:
+        meta = read_meta(directory.child(entry["file"]))
+        if meta is None or meta.rows != entry["rows"]:
+            raise OutputError(f"{directory.child(entry['file'])}: not the part the manifest lists")
+        metas.append(meta)
+    dimension = int(manifest["settings"]["dimension"])
+    return manifest, Parts(directory, metas, dimension)

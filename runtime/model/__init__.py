@@ -1,0 +1,1 @@
+"""A model directory and its manifest: what there is, checked against its hashes."""
