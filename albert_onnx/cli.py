@@ -203,17 +203,14 @@ def embed(
         int, typer.Option(help="Texts sorted by length together (a part file's row group).")
     ] = Job.window_texts,
     part_rows: Annotated[
-        int,
-        typer.Option(
-            help="Parquet inputs: rows per part (whole row groups); with --ray: records per part."
-        ),
+        int, typer.Option(help="Parquet inputs: rows per part (whole row groups).")
     ] = Job.part_rows,
     part_bytes: Annotated[
         int, typer.Option(help="JSONL and text inputs: bytes of input per part.")
     ] = Job.part_bytes,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     ray: Annotated[
-        bool, typer.Option("--ray", help="Run on Ray Data: Parquet parts in the output directory.")
+        bool, typer.Option("--ray", help="Run the parts on a Ray cluster (a directory output).")
     ] = False,
     ray_address: Annotated[
         str | None,
@@ -232,32 +229,29 @@ def embed(
         "--workers": workers is not None,
         "--threads-per-worker": threads_per_worker != 1,
     }
-    single_only = {"--window-texts": window_texts != Job.window_texts,
-                   "--part-bytes": part_bytes != Job.part_bytes, "--threads": threads is not None,
-                   "--device-id": device_id is not None}  # fmt: skip
+    single_only = {"--threads": threads is not None, "--device-id": device_id is not None}
     misplaced = [name for name, given in (single_only if ray else ray_only).items() if given]
     if misplaced:
         raise fail(f"{', '.join(misplaced)} {'do not apply with' if ray else 'need'} --ray")
     if ray:
-        if len(inputs) > 1:
-            raise fail("--ray reads one input file (directories, globs and several inputs are "
-                       "read by the local job)")  # fmt: skip
         with reported():
-            from albert_onnx.runtime.ray_data import embed_parts
+            from albert_onnx.runtime.jobs.distributed import run_on_ray
+            from albert_onnx.runtime.options import JobOptions, ModelOptions
 
-            done = embed_parts(
-                inputs[0], output, model, text_field=text_field, id_field=id_field,
-                on_error=on_error, dtype=dtype, precision=precision, pooling=pooling,
-                provider="cpu" if provider == "auto" else provider,
-                normalize=normalize, max_batch_tokens=max_batch_tokens, long_texts=long_texts,
-                workers=workers, threads_per_worker=threads_per_worker, part_rows=part_rows,
-                address=ray_address, resume=resume, force=force,
+            done = run_on_ray(
+                ModelOptions(model, provider, precision, pooling, normalize, max_batch_tokens,
+                             long_texts),
+                inputs, output,
+                JobOptions(text_field, id_field, on_error, dtype, window_texts, part_rows,
+                           part_bytes),
+                workers=workers, threads_per_worker=threads_per_worker, address=ray_address,
+                resume=resume, force=force,
             )  # fmt: skip
         _print_summary(done.stats, done.run)
+        embedded = done.parts - done.resumed_parts
         out.print(
-            f"wrote {done.parts:,} part{'' if done.parts == 1 else 's'} "
-            f"({done.parts_embedded:,} embedded by this run) and "
-            f"the manifest to {done.output}, on the Ray instance at {done.cluster}",
+            f"wrote {done.parts:,} part{'' if done.parts == 1 else 's'} ({embedded:,} "
+            f"embedded by this run) and the manifest to {output}, on {done.where}",
             highlight=False,
         )
         return

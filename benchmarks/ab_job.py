@@ -6,12 +6,12 @@ shipped model; then this job's peak memory and state on growing corpora.
 
 The older install lives in a directory of its own (`pip install --no-deps --target DIR
 OLD_CHECKOUT`), run with PYTHONPATH=DIR from a working directory outside this checkout.
-Each run is its own process, alternating before and after, so that a machine that slows
-down or speeds up during the sitting weighs on both alike. Three inputs of the same short
-records (STS-B sentences, each with its index): one JSONL file, a directory of 20 JSONL
-files, a Parquet dataset of 10 files. The older job reads one file only, so for the two
-sharded inputs it reads the same records as one file; the ratio is then what reading a
-dataset costs against reading a file. Then: this job's peak RSS (VmHWM) at each
+Each run is its own process, alternating before and after (which goes first alternates
+too), so that a machine that slows down or speeds up during the sitting weighs on both
+alike. Three inputs of the same short records (STS-B sentences, each with its index): one
+JSONL file, a directory of 20 JSONL files, a Parquet dataset of 10 files. The older job
+reads one file only, so for the two sharded inputs it reads the same records as one file;
+the ratio is then what reading a dataset costs against reading a file. Then: this job's peak RSS (VmHWM) at each
 `--rss-records` size, and the bytes of state it wrote (`_state.json` once; each part's own
 metadata).
 """
@@ -126,8 +126,8 @@ def main() -> None:
     rates: dict[str, dict[str, list[float]]] = {n: {"before": [], "after": []} for n in inputs}
     for round_ in range(args.rounds):
         for name, (ours, theirs) in inputs.items():
-            for side, corpus, site in (("before", theirs, args.before_site),
-                                       ("after", ours, None)):  # fmt: skip
+            sides = [("before", theirs, args.before_site), ("after", ours, None)]
+            for side, corpus, site in sides if round_ % 2 == 0 else sides[::-1]:
                 found = run(corpus, work / f"{side}.npy", site)
                 assert found["docs"] == args.records, found
                 rates[name][side].append(found["tokens"] / found["seconds"])

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from pyarrow import fs as pafs
 
 DATA = Path(__file__).parent / "data"
 os.environ.pop("RAY_ADDRESS", None)  # Ray tests start their own instances and clusters
@@ -187,3 +190,52 @@ def interrupt_after_parts(output: Path, parts: int):
             raise Interrupted
 
     return on_batch
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on now (the OS's pick)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's S3 server on a free port of 127.0.0.1, stopped at the end; yields the
+    environment that points pyarrow (and the CLI) at it, and a filesystem to fill it."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "moto's server did not start"
+                time.sleep(0.1)
+        env = {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }  # fmt: skip
+        store = pafs.S3FileSystem(
+            access_key="testing", secret_key="testing", region="us-east-1", scheme="http",
+            endpoint_override=f"127.0.0.1:{port}", allow_bucket_creation=True,
+        )  # fmt: skip
+        for bucket in ("corpus", "ray"):
+            store.create_dir(bucket)
+        yield env, store
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def upload(store, local: Path, key: str) -> None:
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            with store.open_output_stream(f"{key}/{path.relative_to(local)}") as out:
+                out.write(path.read_bytes())

@@ -12,7 +12,6 @@ import gzip
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from albert_onnx.runtime.jobs.part import iter_items
 from albert_onnx.runtime.jobs.plan import make_plan
 from albert_onnx.runtime.options import JobOptions
 
-from conftest import OFFLINE_ENV, Interrupted, real_texts, run_cli
+from conftest import OFFLINE_ENV, Interrupted, real_texts, run_cli, upload
 from conftest import interrupt_after_parts as stop_after
 
 TEXTS = real_texts()[:60]
@@ -244,6 +243,30 @@ def test_a_bad_record_names_its_file_and_line_inside_a_sharded_input(embedder, t
     assert summary.stats.docs == 59 and summary.stats.skipped == 1
 
 
+def test_the_first_id_sets_the_kind_of_every_id_after_it(embedder, tmp_path):
+    root = tmp_path / "c"
+    write_jsonl(root / "a.jsonl", TEXTS[:3])  # doc0, doc1, doc2
+    with open(root / "b.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": t, "id": 3 + i}) + "\n" for i, t in enumerate(TEXTS[3:6]))
+    kinds = r"field 'id' is an integer, but this corpus's ids are strings"
+    with pytest.raises(CorpusError, match=rf"b\.jsonl:1: {kinds}"):
+        embed_corpus(embedder, root, tmp_path / "v.npz", id_field="id")
+    summary = embed_corpus(embedder, root, tmp_path / "out", id_field="id", on_error="skip")
+    assert summary.stats.docs == 3 and summary.stats.skipped == 3
+    assert open_output(str(tmp_path / "out"))[0]["rows"] == 3
+
+
+def test_parquet_files_whose_ids_differ_in_kind_are_refused_before_any_work(embedder, tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    pq.write_table(pa.table({"id": [1, 2], "text": ["a", "b"]}), root / "a.parquet")
+    pq.write_table(pa.table({"id": ["x", "y"], "text": ["c", "d"]}), root / "b.parquet")
+    with pytest.raises(CorpusError, match=r"ids must all be strings or all integers: column "
+                       r"'id' holds integers in a\.parquet and strings in b\.parquet"):  # fmt: skip
+        embed_corpus(embedder, root, tmp_path / "out", id_field="id")
+    assert not (tmp_path / "out").exists()
+
+
 # -- resume and force ------------------------------------------------------------------------
 
 
@@ -317,6 +340,22 @@ def test_a_changed_input_is_named_when_resuming(embedder, tmp_path, change, name
         embed_corpus(embedder, root, output, id_field="id", part_bytes=2000, resume=True)
 
 
+def test_an_input_changed_behind_the_resume_check_is_caught_at_commit(embedder, tmp_path):
+    """Rewritten to the same size and modification time, a file passes the resume check; the
+    parts then no longer cover it exactly, and the commit refuses to finish the output."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", TEXTS)
+    output = tmp_path / "out"
+    interrupt_after_parts(embedder, corpus, output, 1, id_field="id", part_bytes=2000)
+    before = corpus.stat()
+    data = corpus.read_bytes().replace(b'"doc0"', b'"doc0xy"').replace(b'"doc59"', b'"d59"')
+    corpus.write_bytes(data)  # every line after the first two bytes later, the size the same
+    os.utime(corpus, ns=(before.st_atime_ns, before.st_mtime_ns))
+    changed = rf"c\.jsonl: its parts read [\d,]+ bytes of its {before.st_size:,}: the input"
+    with pytest.raises(OutputError, match=rf"{changed} changed after the job started"):
+        embed_corpus(embedder, corpus, output, id_field="id", part_bytes=2000, resume=True)
+    assert not (output / "_manifest.json").exists()
+
+
 def interrupt_after_parts(embedder, inputs, output: Path, parts: int, **options) -> None:
     with pytest.raises(Interrupted):
         embed_corpus(embedder, inputs, output, on_batch=stop_after(output, parts), **options)
@@ -368,49 +407,6 @@ def test_an_incomplete_directory_output_is_refused_by_its_reader(embedder, tmp_p
 
 
 # -- object storage: a real S3-protocol server ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """moto's S3 server on a free port of 127.0.0.1, stopped at the end; yields the
-    environment that points pyarrow (and the CLI) at it, and a filesystem to fill it."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "moto's server did not start"
-                time.sleep(0.1)
-        env = {
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }  # fmt: skip
-        store = pafs.S3FileSystem(
-            access_key="testing", secret_key="testing", region="us-east-1", scheme="http",
-            endpoint_override=f"127.0.0.1:{port}", allow_bucket_creation=True,
-        )  # fmt: skip
-        store.create_dir("corpus")
-        yield env, store
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def upload(store, local: Path, key: str) -> None:
-    for path in sorted(local.rglob("*")):
-        if path.is_file():
-            with store.open_output_stream(f"{key}/{path.relative_to(local)}") as out:
-                out.write(path.read_bytes())
 
 
 def test_s3_in_and_out_gives_the_local_vectors(s3, embedder, expected, tmp_path, monkeypatch):

@@ -1,10 +1,10 @@
-"""Ray Data, on a real local Ray instance (no mocks): Parquet in, parts out, every id exactly
-once, the single-process vectors, a SIGKILLed worker retried, and a killed driver resumed;
-and on a cluster started by `ray start --head`, reached by its address."""
+"""Ray on a real local instance (no mocks): `embed_dataset` on a Ray Dataset, the options and
+limits `embed --ray` checks on its driver, the model's copy on a worker's node; and `embed
+--ray` on a cluster started by `ray start --head`, reached by its address.
+test_ray_cluster.py runs `embed --ray` on two nodes with its data in S3."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -25,18 +24,15 @@ import pytest
 import ray
 
 from albert_onnx import Embedder
-from albert_onnx.errors import CorpusError, OutputError
+from albert_onnx.errors import OutputError
+from albert_onnx.runtime.jobs.cluster import materialize, worker_model
+from albert_onnx.runtime.jobs.distributed import PartWorker, run_on_ray
+from albert_onnx.runtime.jobs.plan import make_plan
 from albert_onnx.runtime.model.model_dir import ModelDir
-from albert_onnx.runtime.ray_data import (
-    EmbedWorker,
-    _materialize,
-    embed_dataset,
-    embed_parts,
-    iter_vectors,
-    worker_model,
-)
+from albert_onnx.runtime.options import JobOptions, ModelOptions
+from albert_onnx.runtime.ray_data import EmbedWorker, embed_dataset, iter_vectors
 
-from conftest import OFFLINE_ENV, real_texts, sts_sentences
+from conftest import OFFLINE_ENV, free_port, real_texts, sts_sentences
 
 TIMEOUT = 300
 
@@ -66,36 +62,6 @@ def reference(english_export, texts) -> np.ndarray:
     return Embedder(english_export, provider="cpu", precision="fp32").embed(texts)
 
 
-def read_output(output: Path) -> tuple[list[int], np.ndarray]:
-    ids, vectors = [], []
-    for part_ids, part_vectors in iter_vectors(output):
-        ids += part_ids
-        vectors.append(part_vectors)
-    return ids, np.concatenate(vectors)
-
-
-def assert_exactly_once_and_equal(output: Path, reference: np.ndarray) -> None:
-    ids, vectors = read_output(output)
-    assert sorted(ids) == list(range(len(reference)))  # every id, once
-    got = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    want = reference[ids] / np.linalg.norm(reference[ids], axis=1, keepdims=True)
-    assert (got * want).sum(1).min() >= 0.99999
-
-
-def test_parquet_in_parts_out_every_id_once_with_the_single_process_vectors(
-    local_ray, english_export, corpus, reference, tmp_path
-):
-    summary = embed_parts(corpus, tmp_path / "out", english_export, id_field="id",
-                          precision="fp32", workers=2, part_rows=100)  # fmt: skip
-    assert (summary.parts, summary.parts_embedded, summary.stats.docs) == (10, 10, 1000)
-    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
-    assert manifest["rows"] == 1000 and len(manifest["parts"]) == 10
-    assert not (tmp_path / "out" / "_state.json").exists()
-    assert_exactly_once_and_equal(tmp_path / "out", reference)
-    with pytest.raises(OutputError, match="already exists"):
-        embed_parts(corpus, tmp_path / "out", english_export, id_field="id")
-
-
 def test_embed_dataset_maps_a_ray_dataset(local_ray, english_export, corpus, reference):
     dataset = ray.data.read_parquet(str(corpus))
     # one worker: the read stage needs a CPU of its own, or the pool holds both and nothing
@@ -108,113 +74,24 @@ def test_embed_dataset_maps_a_ray_dataset(local_ray, english_export, corpus, ref
     assert np.abs(got - reference[ids]).max() < 1e-5
 
 
-def map_worker_pids() -> list[int]:
-    """Ray Data's map workers, by their process title."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                title = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"MapBatches(EmbedWorker)" in title:
-                pids.append(int(entry.name))
-    return pids
-
-
-def test_a_sigkilled_worker_is_retried_and_every_row_is_still_there_once(
-    local_ray, english_export, corpus, reference, tmp_path
-):
-    output, killed = tmp_path / "out", []
-
-    def kill_one_worker_mid_run() -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline and len(list(output.glob("part-*.parquet"))) < 2:
-            time.sleep(0.02)
-        if pids := map_worker_pids():
-            os.kill(pids[0], signal.SIGKILL)
-            killed.append(pids[0])
-
-    killer = threading.Thread(target=kill_one_worker_mid_run)
-    killer.start()
-    summary = embed_parts(corpus, output, english_export, id_field="id", precision="fp32",
-                          workers=2, part_rows=25)  # fmt: skip
-    killer.join()
-    assert killed, "no worker was running to be killed"
-    assert summary.parts == 40 and summary.stats.docs == 1000
-    assert_exactly_once_and_equal(output, reference)
-
-
-def test_resume_after_the_driver_was_killed_embeds_only_the_missing_parts(
-    english_export, corpus, reference, tmp_path
-):
-    output = tmp_path / "out"
-    args = [sys.executable, "-m", "albert_onnx", "embed", str(corpus), "-o", str(output),
-            "--ray", "--workers", "1", "--part-rows", "25", "--id-field", "id",
-            "--precision", "fp32", "--provider", "cpu", "--model", str(english_export)]  # fmt: skip
-    driver = subprocess.Popen(args, env=OFFLINE_ENV, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline and len(list(output.glob("part-*.parquet"))) < 3:
-        time.sleep(0.02)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    driver.wait()
-    done_before = len(list(output.glob("part-*.parquet")))
-    assert 3 <= done_before < 40 and not (output / "_manifest.json").exists()
-
-    original, stat = corpus.read_bytes(), corpus.stat()
-    pq.write_table(pq.read_table(corpus).slice(0, 999), corpus)  # the input changed
-    try:
-        refused = subprocess.run([*args, "--resume"], env=OFFLINE_ENV, capture_output=True,
-                                 text=True, timeout=TIMEOUT, start_new_session=True)  # fmt: skip
-    finally:  # put back as it was, modification time included (as `cp -p` would)
-        corpus.write_bytes(original)
-        os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert refused.returncode == 1 and "the input changed" in refused.stderr
-
-    resumed = subprocess.run([*args, "--resume"], env=OFFLINE_ENV, capture_output=True,
-                             text=True, timeout=TIMEOUT, start_new_session=True)  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"wrote 40 parts ({40 - done_before} embedded by this run)" in resumed.stdout
-    assert_exactly_once_and_equal(output, reference)
-
-
-def test_bad_and_blank_lines_do_not_shift_parts_or_ids(local_ray, english_export, tmp_path):
-    lines = []
-    for i in range(120):
-        lines.append(json.dumps({"id": f"d{i}", "text": real_texts()[i]}))
-        if i % 17 == 0:
-            lines += ["", "not json"]
-    corpus = tmp_path / "c.jsonl"
-    corpus.write_text("\n".join(lines) + "\n")
-    summary = embed_parts(corpus, tmp_path / "out", english_export, id_field="id",
-                          on_error="skip", precision="fp32", workers=1, part_rows=25)  # fmt: skip
-    assert (summary.stats.docs, summary.stats.skipped, summary.stats.blank_lines) == (120, 8, 8)
-    ids, vectors = read_output(tmp_path / "out")
-    assert ids == [f"d{i}" for i in range(120)]
-    expected = Embedder(english_export, provider="cpu", precision="fp32").embed(real_texts()[:120])
-    assert np.abs(vectors - expected).max() < 1e-5
-    errors = (tmp_path / "out" / "_errors.jsonl").read_text().splitlines()
-    assert len(errors) == 8 and json.loads(errors[0])["line"] == 3
+def ray_job(corpus, output, english_export, *, options: JobOptions | None = None, **kw):
+    model = ModelOptions(english_export, "cpu", kw.pop("precision", "fp32"))
+    job = options or JobOptions(id_field="id")
+    return run_on_ray(model, [str(corpus)], str(output), job, **kw)
 
 
 def test_options_are_checked_on_the_driver(local_ray, english_export, corpus, tmp_path):
     from albert_onnx.errors import OptionError
 
     with pytest.raises(OptionError, match="Ray is already started in this process"):
-        embed_parts(corpus, tmp_path / "out", english_export, address="auto")
+        ray_job(corpus, tmp_path / "out", english_export, address="auto")
     with pytest.raises(OptionError, match="precision must be one of"):
-        embed_parts(corpus, tmp_path / "out", english_export, precision="int4")
+        ray_job(corpus, tmp_path / "out", english_export, precision="int4")
     with pytest.raises(OptionError, match="pooling must be one of"):
         embed_dataset(ray.data.read_parquet(str(corpus)), english_export, pooling="avg")
     with pytest.raises(OptionError, match="the dataset has no column 'body'"):
         embed_dataset(ray.data.read_parquet(str(corpus)), english_export, text_column="body")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.fixture
@@ -255,13 +132,14 @@ def test_the_job_runs_on_the_cluster_its_address_names(
 ):
     address, env = ray_cluster
     args = [sys.executable, "-m", "albert_onnx", "embed", str(corpus), "-o", str(tmp_path / "out"),
-            "--ray", "--ray-address", address, "--workers", "1", "--part-rows", "250",
+            "--ray", "--ray-address", address, "--workers", "1", "--part-rows", "256",
             "--id-field", "id", "--precision", "fp32", "--model", str(english_export)]  # fmt: skip
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr
     port = address.rsplit(":", 1)[1]
     assert re.search(rf"wrote 4 parts .* on the Ray instance at [\d.]+:{port}\b", done.stdout)
-    assert_exactly_once_and_equal(tmp_path / "out", reference)
+    ids, vectors = read_output(tmp_path / "out")
+    assert ids == list(range(1000)) and np.abs(vectors - reference).max() < 1e-5
 
     # as `ray job submit` runs its entrypoint: the address in RAY_ADDRESS, no option
     submitted = [*args[:6], str(tmp_path / "submitted"), args[7], *args[10:]]
@@ -282,37 +160,37 @@ def test_ray_client_addresses_are_refused_with_what_to_do_instead(english_export
     from albert_onnx.errors import OptionError
 
     with pytest.raises(OptionError, match=r"does not run over Ray Client .* `ray job submit`"):
-        embed_parts(corpus, tmp_path / "out", english_export, address="ray://127.0.0.1:10001")
+        ray_job(corpus, tmp_path / "out", english_export, address="ray://127.0.0.1:10001")
 
 
-def test_force_replaces_only_a_ray_output_and_only_once_the_input_is_read(
-    local_ray, english_export, corpus, tmp_path
-):
+def test_force_replaces_only_what_albert_onnx_wrote(local_ray, english_export, corpus, tmp_path):
     kept = tmp_path / "results"
     kept.mkdir()
-    (kept / "notes.txt").write_text("mine")
+    (kept / "part-00000-9f2c.snappy.parquet").write_text("Spark's, not ours")
     for option in ("force", "resume"):
-        with pytest.raises(OutputError, match="not an albert-onnx --ray output"):
-            embed_parts(corpus, kept, english_export, **{option: True})
-    (kept / "notes.txt").rename(kept / "part-00000-9f2c.snappy.parquet")  # Spark's, not ours
-    with pytest.raises(OutputError, match="not an albert-onnx --ray output"):
-        embed_parts(corpus, kept, english_export, force=True)
+        with pytest.raises(OutputError, match="which albert-onnx did not write"):
+            ray_job(corpus, kept, english_export, **{option: True})
     assert [p.name for p in kept.iterdir()] == ["part-00000-9f2c.snappy.parquet"]
 
     output = tmp_path / "out"
-    embed_parts(corpus, output, english_export, id_field="id", workers=1, part_rows=500)
-    before = {p.name: p.read_bytes() for p in output.iterdir()}
-    broken = tmp_path / "broken.jsonl"
-    broken.write_text('{"text": "fine"}\nnot json\n')
-    with pytest.raises(CorpusError, match=r"broken\.jsonl:2"):
-        embed_parts(broken, output, english_export, force=True)
-    assert {p.name: p.read_bytes() for p in output.iterdir()} == before  # nothing lost
-
+    ray_job(corpus, output, english_export, options=JobOptions(id_field="id", part_rows=500),
+            workers=1)  # fmt: skip
+    with pytest.raises(OutputError, match="already exists"):
+        ray_job(corpus, output, english_export)
     (output / "._manifest.json.tmp").write_text("{")  # as a kill while finishing leaves it
-    again = embed_parts(corpus, output, english_export, id_field="id", workers=1,
-                        part_rows=250, force=True)  # fmt: skip
-    assert again.parts == 4 and sorted(p.name for p in output.iterdir()) == [
-        "_manifest.json", *(f"part-{i:06d}.parquet" for i in range(4))]  # fmt: skip
+    again = ray_job(corpus, output, english_export, workers=1, force=True,
+                    options=JobOptions(id_field="id", part_rows=256))  # fmt: skip
+    assert again.parts > 1 and sorted(p.name for p in output.iterdir()) == [
+        "_manifest.json", *(f"part-{i:06d}.parquet" for i in range(again.parts))]  # fmt: skip
+    assert read_output(output)[0] == list(range(1000))
+
+
+def read_output(output: Path) -> tuple[list, np.ndarray]:
+    ids, vectors = [], []
+    for part_ids, part_vectors in iter_vectors(output):
+        ids += part_ids
+        vectors.append(part_vectors)
+    return ids, np.concatenate(vectors)
 
 
 def test_a_worker_no_node_can_hold_is_refused_not_waited_for(english_export, corpus, tmp_path):
@@ -327,8 +205,23 @@ def test_a_worker_no_node_can_hold_is_refused_not_waited_for(english_export, cor
     assert not output.exists()
 
 
-def test_a_worker_counts_every_window_and_rebuilds_a_damaged_copy_of_the_model(
-    english_export, tmp_path, monkeypatch
+def test_a_jobs_api_address_in_ray_address_is_refused_with_what_to_do(
+    english_export, corpus, tmp_path
+):
+    done = subprocess.run(
+        [sys.executable, "-m", "albert_onnx", "embed", str(corpus), "-o", str(tmp_path / "out"),
+         "--ray", "--model", str(english_export)],
+        env={**OFFLINE_ENV, "COLUMNS": "400", "RAY_ADDRESS": "http://127.0.0.1:8265"},
+        capture_output=True, text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "RAY_ADDRESS=http://127.0.0.1:8265 is the address of Ray's Jobs API" in done.stderr
+    assert "ray job submit -- albert-onnx embed ... --ray" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_workers_count_every_window_and_rebuild_a_damaged_copy_of_the_model(
+    english_export, corpus, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # this test's copies alone
     model = worker_model(ModelDir.open(english_export))
@@ -344,7 +237,7 @@ def test_a_worker_counts_every_window_and_rebuilds_a_damaged_copy_of_the_model(
 
     first = EmbedWorker(model, options, "text", "id")(batch)
     assert first.column("tokens").to_pylist() == single and single[0] > 512  # all windows
-    copy = _materialize(model)
+    copy = materialize(model)
     assert copy.parent.stat().st_mode & 0o077 == 0  # this user's alone
 
     graph = copy / ModelDir.open(english_export).manifest.variants["fp32"].file
@@ -356,3 +249,16 @@ def test_a_worker_counts_every_window_and_rebuilds_a_damaged_copy_of_the_model(
         np.stack(again.column("vector").to_numpy(zero_copy_only=False)),
         np.stack(first.column("vector").to_numpy(zero_copy_only=False)),
     )
+
+    # the job's worker, its start as its own task: the copy damaged again, and rebuilt
+    output = tmp_path / "parts"
+    output.mkdir()
+    (output / "_state.json").write_text("{}")  # what the driver writes before any worker
+    job = JobOptions(id_field="id", part_rows=256)
+    plan = make_plan([str(corpus)], job)
+    graph.write_bytes(b"damaged again")
+    worker = PartWorker(model, plan, ModelOptions(english_export, "cpu", "fp32"), job, str(output))
+    worker.start()
+    assert graph.read_bytes() == original
+    meta = worker.run(plan.parts[1], 257, None)
+    assert meta.rows == 256 and (output / "part-000001.parquet").is_file()

@@ -1,14 +1,15 @@
-"""File-system care shared by the writer and the output formats: a file appears whole or not
-at all, a failed write leaves no temporary file and names the file it was writing, and no
-output may overlap an input."""
+"""Local file-system care for every output: a file appears whole or not at all (through a
+temporary sibling of its own name, so that two writers of the same file, a task and its
+retry, never share one), a failed write leaves no temporary file and names the file it was
+writing, and no output may overlap an input."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import secrets
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 
 def sidecar(output: Path, suffix: str) -> Path:
@@ -29,7 +30,7 @@ def replacing(path: Path) -> Iterator[Path]:
     """A temporary sibling to write, renamed onto PATH at the end. On failure it is removed,
     and an OSError that names no file (a failed write) is made to name PATH, keeping its
     reason (a library's OSError may carry a message and no errno)."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -43,13 +44,6 @@ def replacing(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    with replacing(path) as tmp, open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def overlap(a: Path, b: Path) -> bool:

@@ -87,9 +87,9 @@ def resolve_inputs(specs: Sequence[str]) -> list[InputFile]:
         fmt, gzip = input_format(info.base_name) or (None, False)
         if fmt is None:
             raise _unknown(name)
-        spec = base.spec if base.path == info.path else _child_spec(base, info.path)
-        files.append(InputFile(spec, name if several else base.uri, fmt, gzip, info.size,
-                               info.mtime_ns or 0))  # fmt: skip
+        location = base if base.path == info.path else _child(base, info.path)
+        files.append(InputFile(location.spec, name if several else location.uri, fmt, gzip,
+                               info.size, info.mtime_ns or 0))  # fmt: skip
     formats = list(dict.fromkeys(f.format for f in files))  # in the order they come
     if len(formats) > 1:
         examples = ", ".join(
@@ -103,10 +103,9 @@ def resolve_inputs(specs: Sequence[str]) -> list[InputFile]:
     return files
 
 
-def _child_spec(base: Location, path: str) -> str:
-    """The spec of PATH, found under BASE: the same filesystem, the same URL options."""
-    relative = path[len(base.path.rstrip("/")) + 1 :]
-    return base.child(relative).spec
+def _child(base: Location, path: str) -> Location:
+    """PATH, found under BASE: the same filesystem, the same URL options."""
+    return base.child(path[len(base.path.rstrip("/")) + 1 :])
 
 
 def is_glob(spec: str) -> bool:

@@ -29,14 +29,11 @@ from albert_onnx.runtime.io.inputs import STDIN, InputFile
 from albert_onnx.runtime.io.records import (
     BadLine,
     Blank,
-    IdKind,
-    IdRule,
     Item,
-    Numbered,
+    PartReader,
     Record,
     text_problem,
 )
-from albert_onnx.runtime.options import OnError
 
 BOM = b"\xef\xbb\xbf"
 MAGIC = {b"\x1f\x8b": "gzip-compressed", b"PAR1": "a Parquet file", b"PK\x03\x04": "a zip archive"}
@@ -61,38 +58,8 @@ def check_head(name: str, head: bytes, fmt: str, gzipped: bool) -> None:
         raise CorpusError(f"{name}: the file is {found}, not {fmt.upper()} text{hint}")
 
 
-class LineReader:
-    """The lines of FILE that start in [START, END) (END None: to the end), numbered from
-    FIRST_LINE. After reading, `lines`, `bytes` and `sha256` say what it consumed."""
-
-    def __init__(
-        self,
-        file: InputFile,
-        start: int,
-        end: int | None,
-        first_line: int,
-        text_field: str,
-        id_field: str | None,
-        on_error: OnError,
-        id_kind: IdKind | None,
-        numbered: Numbered,
-    ) -> None:
-        self.file, self.start, self.end = file, start, end
-        self.first_line = first_line
-        self.text_field, self.on_error = text_field, on_error
-        plain = id_field is None or file.format == "txt"
-        self._ids = None if plain else IdRule(id_field, id_kind)
-        self._numbered = numbered
-        self.lines = self.bytes = 0
-        self._digest = hashlib.sha256()
-
-    @property
-    def id_kind(self) -> IdKind | None:
-        return self._numbered.kind if self._ids is None else self._ids.kind
-
-    @property
-    def sha256(self) -> str:
-        return self._digest.hexdigest()
+class LineReader(PartReader):
+    """The lines of FILE that start in byte range [START, END) (END None: to the end)."""
 
     def _open(self) -> BinaryIO:
         file = self.file
@@ -113,7 +80,8 @@ class LineReader:
             raise
         return raw
 
-    def __iter__(self) -> Iterator[Item]:
+    def _items(self) -> Iterator[Item]:
+        digest = hashlib.sha256()
         try:
             with self._open() as f:
                 position = f.tell() if not (self.file.stdin or self.file.gzip) else 0
@@ -123,13 +91,11 @@ class LineReader:
                     position += len(raw)
                     self.lines += 1
                     self.bytes += len(raw)
-                    self._digest.update(raw)
+                    digest.update(raw)
                     if self.lines == 1 and self.start == 0 and raw.startswith(BOM):
                         raw = raw[len(BOM) :]
-                    item = self._parse(raw, self.first_line + self.lines - 1)
-                    if isinstance(item, BadLine) and self.on_error == "raise":
-                        raise CorpusError(f"{self.file.name}:{item.line}: {item.reason}")
-                    yield item
+                    yield self._parse(raw, self.first_line + self.lines - 1)
+            self.sha256 = digest.hexdigest()
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # a cut or corrupt .gz
             raise CorpusError(
                 f"{self.file.name}: the gzip stream is broken after line {self.lines:,} ({exc})"
@@ -158,10 +124,32 @@ class LineReader:
         reason = text_problem(self.text_field, text)
         if reason:
             return BadLine(number, reason)
-        if self._ids is None:
+        if self.id_field is None:
             return Record(number, self._numbered(number), text)
-        field = self._ids.field
+        field = self.id_field
         if field not in value:
             return BadLine(number, f"field '{field}' is missing")
         reason = self._ids.check(value[field])
         return BadLine(number, reason) if reason else Record(number, value[field], text)
+
+
+def count_lines(file: InputFile, start: int, end: int) -> int:
+    """How many lines start in [START, END) of an uncompressed FILE, by the split rule the
+    readers follow, counting line ends a block at a time: what tells a part of a file
+    where its first line is without reading the parts before it."""
+    end = min(end, file.size)
+    with file.location.open_read() as f:
+        if start > 0:
+            f.seek(start - 1)
+            f.readline()
+        first = f.tell()
+        if first >= end:
+            return 0
+        count, position = 1, first  # the line that starts at FIRST
+        while position < end - 1:
+            block = f.read(min(1 << 20, end - 1 - position))
+            if not block:
+                break
+            count += block.count(b"\n")
+            position += len(block)
+        return count

@@ -1,5 +1,6 @@
 """What a reader yields for every line (or row) of an input: a record, a blank line, or a bad
-line that says what is wrong; and the one id rule every format follows.
+line that says what is wrong; the one id rule every format follows; and what the readers of
+every format share (`PartReader`).
 
 Ids follow one rule, so that every output format stores them exactly: a corpus's ids are
 all strings (at most 1,024 characters, no NUL) or all integers in the signed 64-bit range;
@@ -11,10 +12,17 @@ the directory or glob that found it (as given, for a file named on its own).
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from albert_onnx.errors import CorpusError
 from albert_onnx.runtime.pipeline.tokenizer import lone_surrogate
+
+if TYPE_CHECKING:
+    from albert_onnx.runtime.io.inputs import InputFile
+    from albert_onnx.runtime.options import OnError
 
 INT64 = (-(2**63), 2**63 - 1)
 MAX_ID_CHARS = 1024  # an id is a key, not a document: and .npz stores ids at the longest's width
@@ -98,3 +106,45 @@ class Numbered:
 
     def __call__(self, line: int) -> int | str:
         return line if self.name is None else f"{self.name}:{line}"
+
+
+class PartReader:
+    """What every format's reader of one part shares: where the part lies in its file
+    (START and END, in the format's units; FIRST_LINE is its first line's number), the
+    job's fields and error rule, and what reading consumed (`lines`, `bytes`, `sha256`,
+    final once the last item is read). A format supplies `_items`."""
+
+    def __init__(
+        self,
+        file: InputFile,
+        start: int,
+        end: int | None,
+        first_line: int,
+        text_field: str,
+        id_field: str | None,
+        on_error: OnError,
+        id_kind: IdKind | None,
+        numbered: Numbered,
+    ) -> None:
+        self.file, self.start, self.end = file, start, end
+        self.first_line = first_line
+        self.text_field = text_field
+        self.id_field = None if file.format == "txt" else id_field  # a line is all text
+        self.on_error = on_error
+        self._ids = IdRule(id_field, "str" if file.format in ("csv", "tsv") else id_kind)
+        self._numbered = numbered
+        self.lines = self.bytes = 0
+        self.sha256 = hashlib.sha256().hexdigest()
+
+    @property
+    def id_kind(self) -> IdKind | None:
+        return self._numbered.kind if self.id_field is None else self._ids.kind
+
+    def __iter__(self) -> Iterator[Item]:
+        for item in self._items():
+            if isinstance(item, BadLine) and self.on_error == "raise":
+                raise CorpusError(f"{self.file.name}:{item.line}: {item.reason}")
+            yield item
+
+    def _items(self) -> Iterator[Item]:
+        raise NotImplementedError

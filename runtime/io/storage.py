@@ -102,8 +102,6 @@ class Location:
         """Write the file whole or not at all (see `writing`)."""
         with self.writing() as path, open(path, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
 
     @contextmanager
     def writing(self) -> Iterator[str]:

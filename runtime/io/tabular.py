@@ -29,19 +29,16 @@ from contextlib import contextmanager
 from typing import BinaryIO
 
 from albert_onnx.errors import CorpusError
-from albert_onnx.runtime.io.inputs import InputFile
 from albert_onnx.runtime.io.lines import check_head
 from albert_onnx.runtime.io.records import (
     BadLine,
     Blank,
     IdKind,
-    IdRule,
     Item,
-    Numbered,
+    PartReader,
     Record,
     text_problem,
 )
-from albert_onnx.runtime.options import OnError
 from albert_onnx.runtime.pipeline.tokenizer import lone_surrogate
 
 BATCH_ROWS = 256
@@ -87,42 +84,13 @@ class _Hashing(io.RawIOBase):
         return len(data)
 
 
-class TabularReader:
+class TabularReader(PartReader):
     """The rows of one part of a Parquet, CSV or TSV file, as records, blank rows and bad
     rows. Parquet: row groups [START, END); CSV and TSV: the whole file. FIRST_LINE is the
     first row's number. After reading, `lines`, `bytes` and `sha256` say what it consumed."""
 
-    def __init__(
-        self,
-        file: InputFile,
-        start: int,
-        end: int | None,
-        first_line: int,
-        text_field: str,
-        id_field: str | None,
-        on_error: OnError,
-        id_kind: IdKind | None,
-        numbered: Numbered,
-    ) -> None:
-        self.file, self.start, self.end = file, start, end
-        self.first_line = first_line
-        self.text_field, self.id_field = text_field, id_field
-        self.on_error = on_error
-        self._ids = IdRule(id_field, "str" if file.format != "parquet" else id_kind)
-        self._numbered = numbered
-        self.lines = self.bytes = 0
-        self.sha256 = hashlib.sha256().hexdigest()
-
-    @property
-    def id_kind(self) -> IdKind | None:
-        return self._numbered.kind if self.id_field is None else self._ids.kind
-
-    def __iter__(self) -> Iterator[Item]:
-        rows = self._parquet_rows() if self.file.format == "parquet" else self._csv_rows()
-        for item in rows:
-            if isinstance(item, BadLine) and self.on_error == "raise":
-                raise CorpusError(f"{self.file.name}:{item.line}: {item.reason}")
-            yield item
+    def _items(self) -> Iterator[Item]:
+        return self._parquet_rows() if self.file.format == "parquet" else self._csv_rows()
 
     def _record(self, number: int, text: object, identifier: object) -> Item:
         if text is None:

@@ -6,15 +6,16 @@
 - A single-file output (.npy, .npz, .parquet, .jsonl) is assembled from the parts in one
   streaming pass (sidecars first, the output last), and the parts are removed after it.
 
-Duplicate ids are counted exactly over every part in bounded memory (`stats.py`). Ids of
-different kinds in different parts (a JSONL corpus whose ids are integers in one file and
-strings in another) fail the commit with both places named.
+Every record read once: Parquet parts against their planned rows, a line file's byte
+ranges against its size. Duplicate ids are counted exactly over every part in bounded
+memory (`stats.py`), from the id columns alone. Ids of different kinds in different parts,
+which the readers prevent (the first id sets the kind), would fail the commit naming both.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 from albert_onnx.errors import CorpusError, OutputError
 from albert_onnx.runtime.io.formats import Chunk, write_ids_jsonl, write_output
 from albert_onnx.runtime.io.storage import Location, locate
-from albert_onnx.runtime.jobs.part import PartMeta, read_part
+from albert_onnx.runtime.jobs.part import PartMeta, read_ids, read_part
 from albert_onnx.runtime.jobs.state import ERRORS, MANIFEST, STATE, RunState
 from albert_onnx.runtime.stats import Stats, count_duplicates
 
@@ -52,7 +53,9 @@ class Parts:
                 yield from read_part(self.directory.child(meta.part.name), self.dimension)
 
     def ids(self) -> Iterator[list]:
-        return (ids for ids, _, _ in self.chunks())
+        for meta in self.metas:
+            if meta.rows:
+                yield from read_ids(self.directory.child(meta.part.name))
 
 
 def commit(
@@ -63,20 +66,23 @@ def commit(
     dtype: str,
     ragged: bool,
     keep_errors: bool,
+    duplicates: Callable[[Parts], int] = lambda parts: count_duplicates(parts.ids()),
 ) -> tuple[Stats, list[str]]:
     """Finish the run whose parts are METAS (see the module docstring); the corpus's counts
-    and the files written."""
+    and the files written. DUPLICATES counts the duplicate ids of the parts (here, by
+    default; where the parts are, for a distributed run)."""
     plan, directory = state.plan, state.directory
     missing = [p.name for p in plan.parts if p.index not in metas]
     if missing:
         raise OutputError(f"{directory}: parts {', '.join(missing[:3])} are missing")
     ordered = [metas[p.index] for p in plan.parts]
+    _check_coverage(state, ordered)
     id_kind = _one_id_kind(state, ordered)
     stats = Stats()
     for meta in ordered:
         stats.add(Stats.from_dict(meta.stats))
     parts = Parts(directory, ordered, dimension)
-    stats.duplicate_ids = count_duplicates(parts.ids())
+    stats.duplicate_ids = duplicates(parts)
     errors = [error for meta in ordered for error in meta.errors]
     if single is None:
         written = _finish_directory(state, parts, stats, errors if keep_errors else None)
@@ -86,6 +92,28 @@ def commit(
         directory.child(STATE).delete()  # first: parts without a state are never resumed
         directory.delete()
     return stats, written
+
+
+def _check_coverage(state: RunState, metas: list[PartMeta]) -> None:
+    """Every record read once: a Parquet part read the rows its plan counted, and the byte
+    ranges of a line file together read the file's every byte (each the lines that start in
+    it). Else the input changed while the job ran."""
+    plan, consumed = state.plan, {}
+    for part, meta in zip(plan.parts, metas, strict=True):
+        if part.rows is not None and meta.lines != part.rows:
+            raise OutputError(
+                f"{state.directory.child(part.name)} holds {meta.lines:,} rows, its plan "
+                f"{part.rows:,}: the input changed while the job ran; use --force"
+            )
+        if part.end is not None and part.rows is None:  # a byte range
+            consumed[part.file] = consumed.get(part.file, 0) + meta.bytes
+    for number, read in consumed.items():
+        file = plan.files[number]
+        if read != file.size:
+            raise OutputError(
+                f"{file.name}: its parts read {read:,} bytes of its {file.size:,}: the input "
+                "changed after the job started; use --force"
+            )
 
 
 def _one_id_kind(state: RunState, metas: list[PartMeta]) -> str:

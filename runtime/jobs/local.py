@@ -1,17 +1,18 @@
 """The local executor: the job's parts in order, in this process, then the commit.
 
 plan (inputs resolved and cut, before the output is touched) -> state (fresh, resumed or
-forced) -> each missing part (`part.py`: read, embed a window at a time with the next
-window tokenized meanwhile, write its part file whole) -> commit (`commit.py`). Running the
-parts in order lets it carry along what only the parts before know: where a byte range's
-first line is in its file, and the ids' kind. A kill at any moment loses at most the part
-that was running; `--resume` plans again, checks, and runs only the missing parts.
+forced) -> the missing parts, in order (`part.py`: read, embed a window at a time with the
+next window, of this part or the next, read and tokenized meanwhile; each part file written
+whole) -> commit (`commit.py`). Running the parts in order lets it carry along what only the
+parts before know: where a byte range's first line is in its file, and the ids' kind. A kill
+at any moment loses at most the part that was running; `--resume` plans again, checks, and
+runs only the missing parts.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +20,9 @@ from albert_onnx.runtime.io.inputs import STDIN, is_glob
 from albert_onnx.runtime.io.storage import locate
 from albert_onnx.runtime.jobs.commit import commit
 from albert_onnx.runtime.jobs.output import Target
-from albert_onnx.runtime.jobs.part import run_part
-from albert_onnx.runtime.jobs.plan import Plan, make_plan
-from albert_onnx.runtime.jobs.state import open_state
+from albert_onnx.runtime.jobs.part import PartMeta, run_parts
+from albert_onnx.runtime.jobs.plan import Part, Plan, make_plan
+from albert_onnx.runtime.jobs.state import RunState, open_state
 from albert_onnx.runtime.options import JobOptions
 from albert_onnx.runtime.pipeline.pipeline import OnBatch, Pipeline, coverage_warning
 from albert_onnx.runtime.stats import Stats
@@ -34,6 +35,7 @@ class Summary:
     parts: int
     resumed_parts: int  # parts an interrupted run had finished
     outputs: list[str]
+    where: str = "this process"  # what ran the parts
 
 
 def run_job(
@@ -50,43 +52,57 @@ def run_job(
     start = time.perf_counter()
     specs = [str(i) for i in inputs]
     plan = make_plan(specs, options)  # a wrong file or column stops here, nothing written
-    protect = [("the model directory", str(pipeline.model_dir)), *_inputs(plan, specs)]
+    protect = protected(plan, specs, pipeline.model_dir)
     with Target(output, ragged=pipeline.gives_token_vectors, protect=protect) as target:
         settings = {**pipeline.settings(), **options.settings()}
         if force and target.single:
             target.clear_single()
         state = open_state(target.parts, settings, plan, resume=resume, force=force,
                            complete=target.complete, single=target.single)  # fmt: skip
-        metas = dict(state.done)
-        before = Stats()
-        for meta in metas.values():
-            before.add(Stats.from_dict(meta.stats))
-        next_line: dict[int, int] = {}  # per file: the line after the last part's
-        id_kind = plan.id_kind
-        for part in plan.parts:
-            meta = metas.get(part.index)
-            if meta is None:
-                first_line = part.first_line or next_line[part.file]
-                meta = run_part(pipeline, plan, part, options, target.parts, first_line,
-                                id_kind, on_batch)  # fmt: skip
-                metas[part.index] = meta
-            next_line[part.file] = (meta.part.first_line or 1) + meta.lines
-            id_kind = id_kind or meta.id_kind
-        stats, outputs = commit(state, metas, target.location if target.single else None,
-                                pipeline.dimension, options.dtype, pipeline.gives_token_vectors,
-                                keep_errors=options.on_error == "skip")  # fmt: skip
+        return execute(
+            state,
+            lambda missing: run_parts(pipeline, plan, missing, options, target.parts, on_batch,
+                                      done=state.done),
+            lambda metas: commit(state, metas, target.location if target.single else None,
+                                 pipeline.dimension, options.dtype,
+                                 pipeline.gives_token_vectors,
+                                 keep_errors=options.on_error == "skip"),
+            start,
+        )  # fmt: skip
+
+
+def execute(
+    state: RunState,
+    run_missing: Callable[[list[Part]], Iterable[PartMeta]],
+    finish: Callable[[dict[int, PartMeta]], tuple[Stats, list[str]]],
+    start: float,
+    where: str = "this process",
+) -> Summary:
+    """What every executor does with a run's state: run the parts it misses (RUN_MISSING
+    gets them in plan order; how it runs them is the executor's), commit (FINISH), and tell
+    this run's share of the counts from the earlier runs'."""
+    metas = dict(state.done)
+    before = Stats()
+    for meta in metas.values():
+        before.add(Stats.from_dict(meta.stats))
+    missing = [part for part in state.plan.parts if part.index not in metas]
+    if missing:
+        for meta in run_missing(missing):
+            metas[meta.part.index] = meta
+    stats, outputs = finish(metas)
     stats.seconds = time.perf_counter() - start
     run = Stats(**{k: v - getattr(before, k) for k, v in stats.to_dict().items()})
     run.duplicate_ids = stats.duplicate_ids
     run.seconds = stats.seconds
     coverage_warning(stats)
-    return Summary(stats, run, len(plan.parts), state.resumed_parts, outputs)
+    return Summary(stats, run, len(state.plan.parts), state.resumed_parts, outputs, where)
 
 
-def _inputs(plan: Plan, specs: list[str]) -> list[tuple[str, str]]:
-    """What the output may not overwrite: every input file, and every directory named as an
-    input (an output inside it would be read as input by the next run)."""
-    found = [("the corpus", f.spec) for f in plan.files if not f.stdin]
+def protected(plan: Plan, specs: list[str], model_dir: Path) -> list[tuple[str, str]]:
+    """What the output may not overwrite: the model directory, every input file, and every
+    directory named as an input (an output inside it would be read as input next time)."""
+    found = [("the model directory", str(model_dir))]
+    found += [("the corpus", f.spec) for f in plan.files if not f.stdin]
     for spec in specs:
         if spec != STDIN and not is_glob(spec) and locate(spec).is_dir():
             found.append(("the input directory", spec))

@@ -100,9 +100,11 @@ def make_plan(specs: Sequence[str], options: JobOptions) -> Plan:
         raise CorpusError(f"{files[0].name}: a .txt corpus has no fields; its ids are line numbers")
     parts: list[Part] = []
     kind: IdKind | None = None if options.id_field else ("int" if len(files) == 1 else "str")
+    kinds: dict[IdKind, str] = {}  # Parquet id columns' kinds, each with a file of that kind
     for number, file in enumerate(files):
         if file.format == "parquet":
             found = _parquet_parts(number, file, len(parts), options)
+            kinds.setdefault(found[1], file.name)
             kind = found[1] if options.id_field else kind
             parts += found[0]
         elif file.format in ("csv", "tsv"):
@@ -114,6 +116,11 @@ def make_plan(specs: Sequence[str], options: JobOptions) -> Plan:
             parts += _byte_ranges(number, file, len(parts), options.part_bytes)
     if files[0].format in ("csv", "tsv") and options.id_field:
         kind = "str"
+    if options.id_field and len(kinds) > 1:
+        raise CorpusError(
+            f"ids must all be strings or all integers: column '{options.id_field}' holds "
+            f"integers in {kinds['int']} and strings in {kinds['str']}"
+        )
     return Plan(tuple(files), tuple(parts), kind)
 
 

@@ -33,7 +33,7 @@ STATE, MANIFEST, ERRORS = "_state.json", "_manifest.json", "_errors.jsonl"
 STATE_FORMAT = 1
 PART_FILE = re.compile(r"part-(\d{6})\.parquet")
 _NAMES = r"(part-\d{6}\.parquet|_state\.json|_manifest\.json|_errors\.jsonl)"
-OURS = re.compile(rf"{_NAMES}|\.{_NAMES}\.tmp")  # what a run writes, and killed writes
+OURS = re.compile(rf"{_NAMES}|\.{_NAMES}(\.[0-9a-f]{{8}})?\.tmp")  # and killed writes
 
 
 def _ours(info: pafs.FileInfo) -> bool:

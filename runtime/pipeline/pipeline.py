@@ -19,7 +19,7 @@ from albert_onnx.runtime.options import ModelOptions, Pooling
 from albert_onnx.runtime.pipeline.bucketer import Batch, make_batches
 from albert_onnx.runtime.pipeline.pooling import l2_normalize, pool
 from albert_onnx.runtime.pipeline.providers import cpu_threads
-from albert_onnx.runtime.pipeline.session import open_session
+from albert_onnx.runtime.pipeline.session import open_session, plan
 from albert_onnx.runtime.pipeline.tokenizer import Encoded, TextTokenizer
 from albert_onnx.runtime.stats import Stats
 
@@ -40,6 +40,34 @@ def default_batch_tokens(provider: str, architecture: dict[str, Any]) -> int:
     ffn = int(architecture.get("intermediate_size", CUDA_REFERENCE_FFN))
     low, high = CUDA_BATCH_TOKEN_RANGE
     return min(high, max(low, CUDA_BATCH_TOKENS * CUDA_REFERENCE_FFN // ffn)) // 8 * 8
+
+
+def model_settings(
+    model_dir: ModelDir, options: ModelOptions, provider: str | None = None,
+    precision: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """What vectors made by OPTIONS depend on, as a resumed job compares them; PROVIDER and
+    PRECISION as a session chose them (by default as OPTIONS name them, resolved from
+    the model's variants without starting a session: what a driver that embeds nothing
+    itself knows)."""
+    manifest = model_dir.manifest
+    provider = provider or options.provider
+    if precision is None:
+        variants = set(manifest.variants)
+        precision = plan(provider, options.precision, variants, cuda=provider == "cuda")[
+            0
+        ].precision
+    return {
+        **model_dir.fingerprint(precision),
+        "dimension": int(manifest.architecture["hidden_size"]),
+        "provider": provider,
+        "precision": precision,
+        "pooling": options.pooling or manifest.pooling,
+        "normalize": manifest.normalize if options.normalize is None else options.normalize,
+        "max_batch_tokens": options.max_batch_tokens
+        or default_batch_tokens(provider, manifest.architecture),
+        "chunked": options.long_texts == "chunk",
+    }
 
 
 def coverage_warning(stats: Stats, stacklevel: int = 3) -> None:
@@ -64,6 +92,7 @@ class Pipeline:
             model_dir, options.provider, options.precision, threads, options.device_id or 0
         )
         self.options = options
+        self._model = model_dir
         self.model_dir: Path = model_dir.directory
         self.provider = opened.placement.provider
         self.precision = opened.placement.precision
@@ -106,16 +135,8 @@ class Pipeline:
 
     def settings(self) -> dict[str, Any]:
         """What the vectors depend on: a resumed job must have the same."""
-        return {
-            **self.fingerprint,
-            "dimension": self.dimension,
-            "provider": self.provider,
-            "precision": self.precision,
-            "pooling": self.pooling,
-            "normalize": self.normalize,
-            "max_batch_tokens": self.max_batch_tokens,
-            "chunked": self.chunked,
-        }
+        return model_settings(ModelDir.open(self.model_dir), self.options, self.provider,
+                              self.precision)  # fmt: skip
 
     @property
     def gives_token_vectors(self) -> bool:
