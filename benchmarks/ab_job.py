@@ -11,9 +11,9 @@ too), so that a machine that slows down or speeds up during the sitting weighs o
 alike. Three inputs of the same short records (STS-B sentences, each with its index): one
 JSONL file, a directory of 20 JSONL files, a Parquet dataset of 10 files. The older job
 reads one file only, so for the two sharded inputs it reads the same records as one file;
-the ratio is then what reading a dataset costs against reading a file. Then: this job's peak RSS (VmHWM) at each
-`--rss-records` size, and the bytes of state it wrote (`_state.json` once; each part's own
-metadata).
+the ratio is then what reading a dataset costs against reading a file. Then: this job's
+peak RSS (VmHWM) at each `--rss-records` size, and the bytes of state it wrote
+(`_state.json` once; each part's own metadata).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ here, and each `embed --ray` driver is a process of its own that connects to it
 the input, the vectors and the parts would all show there) are its alone; the time to the
 first part is from the driver's start to the first part file in the output. Then, at
 `--records`, the local executor (`embed_corpus`, every core) against Ray with 2 workers of 1
-thread, alternating twice, each from a fresh process: records/s and the ratio.
+thread, alternating twice, each from a fresh process, both writing a directory of parts:
+records/s and the ratio.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def main() -> None:
         source = corpus(work, args.records)
         rates: dict[str, list[float]] = {"local": [], "ray": []}
         for _ in range(args.rounds):
-            local = run_local(source, work / "local.npy")
+            local = run_local(source, work / "local-out")  # a directory of parts, as Ray writes
             rates["local"].append(local["docs"] / local["seconds"])
             found = run_driver(address, source, work / "ray-out", 2, 1)
             rates["ray"].append(found["docs"] / found["seconds"])
