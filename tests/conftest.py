@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -128,6 +129,27 @@ def english_export(english_checkpoint, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("export") / "albert-small-onnx"
     export_model(str(english_checkpoint), output, quantize=True, fp16=True)
     return output
+
+
+@pytest.fixture(scope="session")
+def embedder(english_export):
+    """The small English model's fp32 graph on the CPU: what the job tests embed with."""
+    from albert_onnx import Embedder
+
+    return Embedder(english_export, provider="cpu", precision="fp32")
+
+
+def stop_groups(processes: list[subprocess.Popen], timeout: float = 60) -> None:
+    """SIGTERM to each process's group (started with start_new_session), then SIGKILL to
+    any still running after TIMEOUT."""
+    for process in processes:
+        os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def real_texts() -> list[str]:

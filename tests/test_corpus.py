@@ -18,12 +18,6 @@ from albert_onnx.runtime.job import embed_corpus
 
 from conftest import OFFLINE_ENV, real_texts, run_cli, write_jsonl
 
-
-@pytest.fixture(scope="module")
-def embedder(english_export) -> Embedder:
-    return Embedder(english_export, provider="cpu", precision="fp32")
-
-
 BAD_LINES = [
     (b'{"text": "fine"}\n{"text": "unterminated\n', 2, "invalid JSON"),
     (b'{"text": "fine"}\n["a", "list"]\n', 2, "expected a JSON object, got list"),

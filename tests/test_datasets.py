@@ -23,7 +23,6 @@ import pyarrow.parquet as pq
 import pytest
 from pyarrow import fs as pafs
 
-from albert_onnx import Embedder
 from albert_onnx.errors import CorpusError, OutputError
 from albert_onnx.runtime.job import embed_corpus
 from albert_onnx.runtime.jobs.commit import open_output
@@ -35,11 +34,6 @@ from conftest import OFFLINE_ENV, Interrupted, real_texts, run_cli, upload
 from conftest import interrupt_after_parts as stop_after
 
 TEXTS = real_texts()[:60]
-
-
-@pytest.fixture(scope="module")
-def embedder(english_export) -> Embedder:
-    return Embedder(english_export, provider="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")

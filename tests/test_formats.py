@@ -15,7 +15,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from albert_onnx import Embedder
 from albert_onnx.errors import CorpusError, OutputError
 from albert_onnx.runtime.job import embed_corpus
 
@@ -37,11 +36,6 @@ TEXTS = [
     "",
     "ünïcode — and emoji are text too",
 ]
-
-
-@pytest.fixture(scope="module")
-def embedder(english_export) -> Embedder:
-    return Embedder(english_export, provider="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")

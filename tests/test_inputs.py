@@ -30,11 +30,6 @@ from albert_onnx.runtime.pipeline.windows import ahead
 from conftest import cli_peak_rss_mb, real_texts, run_cli, sts_sentences, write_jsonl
 
 
-@pytest.fixture(scope="module")
-def embedder(english_export) -> Embedder:
-    return Embedder(english_export, provider="cpu", precision="fp32")
-
-
 def write_lines(path, *lines: str):
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path

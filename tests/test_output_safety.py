@@ -25,12 +25,6 @@ from albert_onnx.runtime.job import embed_corpus
 
 from conftest import OFFLINE_ENV, real_texts, run_cli, write_jsonl
 
-
-@pytest.fixture(scope="module")
-def embedder(english_export) -> Embedder:
-    return Embedder(english_export, provider="cpu", precision="fp32")
-
-
 # -- 1. an output that is an input ------------------------------------------------------
 
 

@@ -5,11 +5,9 @@ test_ray_cluster.py runs `embed --ray` on two nodes with its data in S3."""
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +30,7 @@ from albert_onnx.runtime.model.model_dir import ModelDir
 from albert_onnx.runtime.options import JobOptions, ModelOptions
 from albert_onnx.runtime.ray_data import EmbedWorker, embed_dataset, iter_vectors
 
-from conftest import OFFLINE_ENV, free_port, real_texts, sts_sentences
+from conftest import OFFLINE_ENV, free_port, real_texts, stop_groups, sts_sentences
 
 TIMEOUT = 300
 
@@ -118,12 +116,7 @@ def ray_cluster():
         assert head.poll() is None, "ray start --head exited"
         yield f"127.0.0.1:{port}", env
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+        stop_groups([head])
         shutil.rmtree(temp, ignore_errors=True)
 
 

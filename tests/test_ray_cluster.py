@@ -29,7 +29,7 @@ from albert_onnx import Embedder
 from albert_onnx.runtime.job import embed_corpus
 from albert_onnx.runtime.jobs.commit import open_output
 
-from conftest import OFFLINE_ENV, free_port, real_texts, sts_sentences, upload
+from conftest import OFFLINE_ENV, free_port, real_texts, stop_groups, sts_sentences, upload
 
 TIMEOUT = 300
 
@@ -64,14 +64,7 @@ def two_nodes(s3):
         wait_for_nodes(address, env, 2)
         yield address, env
     finally:
-        for node in reversed(nodes):
-            os.killpg(node.pid, signal.SIGTERM)
-        for node in nodes:
-            try:
-                node.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(node.pid, signal.SIGKILL)
-                node.wait()
+        stop_groups(nodes[::-1])
         shutil.rmtree(temp, ignore_errors=True)
         for name, value in saved.items():
             if value is None:

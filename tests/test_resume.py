@@ -32,11 +32,6 @@ from conftest import (
 FORMATS = (".npy", ".npz", ".parquet", ".jsonl")
 
 
-@pytest.fixture(scope="module")
-def embedder(english_export) -> Embedder:
-    return Embedder(english_export, provider="cpu", precision="fp32")
-
-
 def interrupted(embedder, corpus, output, parts: int = 1, **options) -> None:
     with pytest.raises(Interrupted):
         embed_corpus(
