@@ -236,3 +236,41 @@ def test_keep_text_is_refused_where_a_format_has_no_place_for_it(embedder, corpu
     for fmt in (".npy", ".npz"):
         with pytest.raises(OutputError, match=rf"v{fmt}: --keep-text writes the texts beside "):
             embed_corpus(embedder, corpus, tmp_path / f"v{fmt}", keep_text=True)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "precision"),
+    [(".npy", "int8"), (".npz", "uint8"), (".parquet", "binary"), (".jsonl", "float16"),
+     (".lance", "ubinary"), ("", "float32")],
+)  # fmt: skip
+def test_the_cli_writes_every_format_as_the_api_does(
+    english_export, embedder, corpus, fmt, precision, tmp_path
+):
+    by_cli, by_api = tmp_path / f"cli{fmt}", tmp_path / f"api{fmt}"
+    done = run_cli("embed", corpus, "-o", by_cli, "--dtype", precision, "--id-field", "doc_id",
+                   "--precision", "fp32", "--provider", "cpu",
+                   "--model", english_export)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    embed_corpus(embedder, corpus, by_api, id_field="doc_id", dtype=precision)
+    ids, stored, manifest = read_output(by_cli)
+    api_ids, expected, api_manifest = read_output(by_api)
+    assert ids == api_ids and manifest["settings"]["dtype"] == precision
+    if precision in ("int8", "uint8"):  # measured in two processes: the same sample
+        found, ranges = (
+            Ranges.from_dict(manifest["ranges"]),
+            Ranges.from_dict(api_manifest["ranges"]),
+        )
+        assert found.source == ranges.source
+        assert np.allclose(found.array, ranges.array, atol=1e-5)
+    else:
+        assert manifest["ranges"] is None
+    stored = stored.astype(expected.dtype)
+    if precision in ("binary", "ubinary"):  # bits: a value at 0 may round to either side
+        same = unpack(stored, precision, embedder.dimension) == unpack(
+            expected, precision, embedder.dimension
+        )
+        assert same.mean() > 0.999
+    elif precision in ("int8", "uint8"):  # a step's edge likewise
+        assert np.abs(stored.astype(int) - expected.astype(int)).max() <= 1
+    else:
+        assert np.allclose(stored.astype(np.float32), expected.astype(np.float32), atol=2e-3)
