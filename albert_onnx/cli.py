@@ -145,6 +145,31 @@ def info(model_dir: Annotated[Path, typer.Argument(help="Model directory.")]) ->
 
 
 @app.command()
+def calibrate(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory to record the ranges in.")],
+    inputs: Annotated[list[str], typer.Argument(help="A corpus: files, directories, globs.")],
+    text_field: Annotated[str, typer.Option(help="Field or column holding the text.")] = (
+        Job.text_field
+    ),
+    texts: Annotated[int, typer.Option(help="Records the ranges are measured on.")] = (
+        Job.calibration_texts
+    ),
+    provider: ProviderOption = Model.provider,
+    precision: Annotated[Precision, typer.Option(help="Graph variant.")] = Model.precision,
+) -> None:
+    """Record int8/uint8 ranges in a model directory: what serve and embed quantize with."""
+    with reported():
+        from albert_onnx.runtime.jobs.calibrate import record
+        from albert_onnx.runtime.pipeline.pipeline import Pipeline
+
+        options = Job(text_field=text_field, calibration_texts=texts)
+        pipeline = Pipeline(Model(model_dir, provider, precision))
+        ranges = record(pipeline, inputs, options)
+    out.print(f"recorded the int8/uint8 ranges of the {pipeline.precision} graph's vectors in "
+              f"{model_dir}, measured on {ranges.source}", highlight=False)  # fmt: skip
+
+
+@app.command()
 def embed(
     inputs: Annotated[
         list[str],
@@ -189,7 +214,27 @@ def embed(
     long_texts: Annotated[
         LongTexts, typer.Option(help="truncate, or chunk: mean of overlapping windows.")
     ] = Model.long_texts,
-    dtype: Annotated[Dtype, typer.Option(help="Vector dtype in the output.")] = Job.dtype,
+    dtype: Annotated[
+        Dtype,
+        typer.Option(
+            help="Vectors in the output: float32, float16; int8, uint8 (ranges calibrated on "
+            "the corpus's first records, or --calibration); binary, ubinary (packed bits)."
+        ),
+    ] = Job.dtype,
+    calibration: Annotated[
+        str | None,
+        typer.Option(help="int8/uint8: calibrate the ranges on this file's first records."),
+    ] = Job.calibration,
+    calibration_texts: Annotated[
+        int, typer.Option(help="int8/uint8: records the ranges are measured on.")
+    ] = Job.calibration_texts,
+    keep_text: Annotated[
+        bool,
+        typer.Option(help="Keep each text beside its vector (.parquet, .jsonl, .lance, parts)."),
+    ] = Job.keep_text,
+    index: Annotated[
+        bool, typer.Option("--index", help="A .lance output: build an ANN index (IVF_PQ).")
+    ] = Job.index,
     on_error: Annotated[
         OnError, typer.Option(help="raise: stop at a bad line; skip: log it and go on.")
     ] = Job.on_error,
@@ -233,17 +278,17 @@ def embed(
     misplaced = [name for name, given in (single_only if ray else ray_only).items() if given]
     if misplaced:
         raise fail(f"{', '.join(misplaced)} {'do not apply with' if ray else 'need'} --ray")
+    with reported():  # before the model loads: a wrong option stops here
+        options = Job(text_field, id_field, on_error, dtype, window_texts, part_rows, part_bytes,
+                      calibration, calibration_texts, keep_text, index)  # fmt: skip
     if ray:
         with reported():
             from albert_onnx.runtime.jobs.distributed import run_on_ray
-            from albert_onnx.runtime.options import JobOptions, ModelOptions
 
             done = run_on_ray(
-                ModelOptions(model, provider, precision, pooling, normalize, max_batch_tokens,
-                             long_texts),
-                inputs, output,
-                JobOptions(text_field, id_field, on_error, dtype, window_texts, part_rows,
-                           part_bytes),
+                Model(model, provider, precision, pooling, normalize, max_batch_tokens,
+                      long_texts),
+                inputs, output, options,
                 workers=workers, threads_per_worker=threads_per_worker, address=ray_address,
                 resume=resume, force=force,
             )  # fmt: skip
@@ -267,13 +312,9 @@ def embed(
     )
     with reported():
         from albert_onnx.runtime.jobs.local import run_job
-        from albert_onnx.runtime.options import JobOptions, ModelOptions
         from albert_onnx.runtime.pipeline.pipeline import Pipeline
 
-        options = JobOptions(
-            text_field, id_field, on_error, dtype, window_texts, part_rows, part_bytes
-        )  # before the model loads: a wrong option stops here
-        model_options = ModelOptions(
+        model_options = Model(
             model, provider, precision, pooling, normalize, max_batch_tokens, long_texts,
             threads, device_id,
         )  # fmt: skip
@@ -309,6 +350,54 @@ def _print_summary(stats, run) -> None:
         f"{stats.unknown_script:,}, {stats.seconds:.1f} s",
         highlight=False,
     )
+
+
+@app.command()
+def search(
+    output: Annotated[str, typer.Argument(help="An output of `embed` (any format, or a URL).")],
+    query: Annotated[list[str] | None, typer.Argument(help="Texts to search for.")] = None,
+    queries: Annotated[
+        str | None,
+        typer.Option(help="A file of queries: one per line, or JSONL (CSV, Parquet) records."),
+    ] = None,
+    text_field: Annotated[str, typer.Option(help="--queries: the queries' field.")] = "text",
+    k: Annotated[int, typer.Option("-k", "--k", help="Hits per query.")] = 10,
+    rescore: Annotated[
+        int | None,
+        typer.Option(help="binary/ubinary: re-rank this many best by the float query."),
+    ] = None,
+    exact: Annotated[
+        bool, typer.Option("--exact", help="An indexed .lance output: scan, not the index.")
+    ] = False,
+    model: ModelOption = None,
+    provider: ProviderOption = Model.provider,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help='One line per hit: {"query", "rank", "id", "score"}.')
+    ] = False,
+) -> None:
+    """Find the rows of an output nearest to queries, embedded by the model that made it."""
+    import json
+    from dataclasses import asdict
+
+    from rich.markup import escape
+
+    with reported():
+        from albert_onnx.runtime.search.search import read_queries, search_output
+
+        texts = list(query or []) + (read_queries(queries, text_field) if queries else [])
+        found = search_output(output, texts, k, rescore=rescore, model=model, provider=provider,
+                              exact=exact)  # fmt: skip
+    for text, hits in zip(texts, found, strict=True):
+        if json_lines:
+            for hit in hits:
+                typer.echo(json.dumps(asdict(hit)))
+            continue
+        table = Table(title=escape(text[:80]), title_justify="left")
+        for column in ("rank", "id", "score"):
+            table.add_column(column, justify="right" if column != "id" else "left")
+        for hit in hits:
+            table.add_row(str(hit.rank), escape(str(hit.id)), f"{hit.score:.4f}")
+        out.print(table)
 
 
 @app.command()
@@ -443,6 +532,13 @@ def serve(
         float,
         typer.Option(help="Idle time before a connection between requests is closed."),
     ] = Serve.keep_alive_seconds,
+    dtype: Annotated[
+        Dtype,
+        typer.Option(
+            help="Vectors answered unless a request asks otherwise; int8/uint8 need the model's "
+            "calibration (albert-onnx calibrate)."
+        ),
+    ] = Serve.dtype,
 ) -> None:
     """Serve embeddings over HTTP: OpenAI /v1/embeddings and text-embeddings-inference /embed."""
     try:
@@ -463,6 +559,7 @@ def serve(
                 drain_min_seconds=drain_min_seconds,
                 served_model_name=served_model_name, max_connections=max_connections,
                 request_timeout=request_timeout, keep_alive_seconds=keep_alive_seconds,
+                dtype=dtype,
             )
         )  # fmt: skip
     raise typer.Exit(status)

@@ -1,8 +1,13 @@
 """`Embedder`: the Python API, a front over the pipeline (`pipeline/pipeline.py`):
 `embed`, `encode` as in sentence-transformers, and `stream` for iterables.
 
-emb = Embedder("models/albert-base-v2")        # provider and precision chosen here
+emb = Embedder("models/albert-base-v2")        # provider and the graph's precision
 vectors = emb.embed(["first text", "second"])  # float32 (n, hidden), input order
+bits = emb.embed(texts, precision="binary")     # (n, hidden / 8) packed bits
+
+The graph's precision (fp32, int8, fp16 weights) is chosen when the Embedder is made; the
+`precision` of `embed` and `encode` is that of the vectors returned, as in
+sentence-transformers (`pipeline/quantize.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 from albert_onnx.errors import OptionError
 from albert_onnx.runtime.options import (
     WINDOW_TEXTS,
+    Dtype,
     LongTexts,
     ModelOptions,
     Pooling,
@@ -26,6 +32,7 @@ from albert_onnx.runtime.options import (
     check_positive,
 )
 from albert_onnx.runtime.pipeline.pipeline import Doc, OnBatch, Pipeline, coverage_warning
+from albert_onnx.runtime.pipeline.quantize import CALIBRATED, Ranges, quantize
 from albert_onnx.runtime.pipeline.tokenizer import check_texts
 from albert_onnx.runtime.pipeline.windows import prepared, windows
 from albert_onnx.runtime.stats import Stats
@@ -169,15 +176,48 @@ class Embedder:
         )
 
     def embed(
-        self, texts: Iterable[str], normalize: bool | None = None, show_progress_bar: bool = False
+        self,
+        texts: Iterable[str],
+        normalize: bool | None = None,
+        show_progress_bar: bool = False,
+        precision: Dtype = "float32",
+        ranges: Ranges | np.ndarray | None = None,
     ) -> np.ndarray | list[np.ndarray]:
-        """Vectors for TEXTS in input order: float32 (n, hidden), or token vectors."""
-        return self._collect(
+        """Vectors for TEXTS in input order: (n, hidden) in PRECISION (float32, float16;
+        int8 and uint8 by RANGES, an array (2, hidden) of minima and maxima as
+        sentence-transformers takes them, by default the model's calibration; binary and
+        ubinary: packed bits, (n, hidden / 8)), or float32 token vectors with pooling
+        'none'."""
+        calibrated = self._ranges(precision, ranges)
+        vectors = self._collect(
             texts,
             lambda docs, cb: self.pipeline.embed_docs(docs, cb, normalize=normalize),
             show_progress_bar,
             self.pipeline.gives_token_vectors,
         )
+        return vectors if self.pipeline.gives_token_vectors else quantize(
+            vectors, precision, calibrated
+        )  # fmt: skip
+
+    def _ranges(self, precision: Dtype, ranges: Any) -> Ranges | None:
+        """PRECISION checked against what the vectors are and RANGES, before any work."""
+        check_choice("precision", precision, Dtype)
+        if self.pipeline.gives_token_vectors and precision != "float32":
+            raise OptionError("token vectors (pooling none) are returned as float32")
+        if precision not in CALIBRATED:
+            if ranges is not None:
+                raise OptionError(f"ranges quantize int8 and uint8 vectors, not {precision}")
+            return None
+        if ranges is None:
+            if self.pipeline.calibration is None:
+                raise OptionError(
+                    f"{precision} vectors need each dimension's range, and this model has "
+                    "none recorded: run `albert-onnx calibrate MODEL CORPUS`, or pass ranges= "
+                    "(an array (2, dimension) of minima and maxima, such as an int8 output's "
+                    "manifest records)"
+                )
+            return self.pipeline.calibration
+        return Ranges.of(ranges, self.pipeline.dimension)
 
     def encode(
         self,
@@ -189,13 +229,15 @@ class Embedder:
         convert_to_tensor: bool = False,
         device: str | None = None,
         normalize_embeddings: bool | None = None,
-        precision: Literal["float32"] = "float32",
+        precision: Dtype = "float32",
+        ranges: Ranges | np.ndarray | None = None,
         **unsupported: Any,
     ) -> np.ndarray | list[np.ndarray]:
         """sentence-transformers' `encode`: a single string gives a single vector.
 
-        Batching is by token budget, so batch_size is accepted and ignored. What cannot be
-        honoured without torch, or is chosen elsewhere here, is refused by name.
+        Batching is by token budget, so batch_size is accepted and ignored. PRECISION and
+        RANGES are `embed`'s. What cannot be honoured without torch, or is chosen elsewhere
+        here, is refused by name.
         """
         check_positive("batch_size", batch_size)
         refused = {
@@ -207,10 +249,6 @@ class Embedder:
                 device is not None,
                 "the device is chosen when the Embedder is made: "
                 "Embedder(provider='cuda', device_id=N)",
-            ),
-            "precision": (
-                precision != "float32",
-                "only float32 embeddings are returned (the `embed` command writes float16)",
             ),
         }
         for name, (given, why) in refused.items():
@@ -227,6 +265,8 @@ class Embedder:
         single = isinstance(sentences, str)
         texts = [sentences] if single else list(sentences)
         if output_value == "token_embeddings":
+            if precision != "float32":
+                raise OptionError("token embeddings are returned as float32")
             if self.pipeline.chunked:
                 raise OptionError("token embeddings need whole texts; use long_texts='truncate'")
             vectors = self._collect(
@@ -237,8 +277,9 @@ class Embedder:
             )
             return vectors[0] if single else vectors
         embedded = self.embed(
-            texts, normalize=normalize_embeddings, show_progress_bar=show_progress_bar
-        )
+            texts, normalize=normalize_embeddings, show_progress_bar=show_progress_bar,
+            precision=precision, ranges=ranges,
+        )  # fmt: skip
         if single:
             return embedded[0]
         return embedded if convert_to_numpy else list(embedded)

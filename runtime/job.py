@@ -30,14 +30,20 @@ def embed_corpus(
     window_texts: int = DEFAULT.window_texts,
     part_rows: int = DEFAULT.part_rows,
     part_bytes: int = DEFAULT.part_bytes,
+    calibration: str | Path | None = DEFAULT.calibration,
+    calibration_texts: int = DEFAULT.calibration_texts,
+    keep_text: bool = DEFAULT.keep_text,
+    index: bool = DEFAULT.index,
     resume: bool = False,
     force: bool = False,
     on_batch: OnBatch | None = None,
 ) -> Summary:
     """Embed every record of INPUTS into OUTPUT (a file: .npy, .npz, .parquet, .jsonl; or a
-    directory of Parquet parts), in input order; see the module docstring."""
+    directory of Parquet parts), in input order, as DTYPE vectors (`pipeline/quantize.py`;
+    int8 and uint8 calibrated on CALIBRATION's, else the corpus's, first CALIBRATION_TEXTS
+    records); see the module docstring."""
     options = JobOptions(text_field, id_field, on_error, dtype, window_texts, part_rows,
-                         part_bytes)  # fmt: skip
+                         part_bytes, calibration, calibration_texts, keep_text, index)  # type: ignore[arg-type]  # fmt: skip
     specs = [inputs] if isinstance(inputs, str | Path) else list(inputs)
     return run_job(embedder.pipeline, specs, output, options, resume=resume, force=force,
                    on_batch=on_batch)  # fmt: skip

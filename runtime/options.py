@@ -20,7 +20,7 @@ Precision = Literal["auto", "fp32", "int8", "fp16"]
 Pooling = Literal["mean", "cls", "max", "none"]
 LongTexts = Literal["truncate", "chunk"]
 OnError = Literal["raise", "skip"]
-Dtype = Literal["float32", "float16"]
+Dtype = Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"]  # pipeline/quantize
 
 
 def check_choice(name: str, value: Any, allowed: Any) -> Any:
@@ -48,6 +48,7 @@ def check_positive(name: str, value: Any) -> int:
 WINDOW_TEXTS = 4096  # texts sorted by length together; a part file's row group
 PART_ROWS = 65_536  # Parquet inputs: whole row groups, grouped up to this many rows a part
 PART_BYTES = 32 << 20  # JSONL and text inputs: a part is the lines starting in this many bytes
+CALIBRATION_TEXTS = 10_000  # int8 and uint8 vectors: the records their ranges are measured on
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,10 @@ class JobOptions:
     window_texts: int = WINDOW_TEXTS
     part_rows: int = PART_ROWS
     part_bytes: int = PART_BYTES
+    calibration: str | None = None  # int8/uint8: a file to calibrate on (default: the corpus)
+    calibration_texts: int = CALIBRATION_TEXTS
+    keep_text: bool = False  # the text beside its vector (Parquet and Lance outputs, parts)
+    index: bool = False  # a Lance output: build an ANN index on its vectors
 
     def __post_init__(self) -> None:
         check_field("text_field", self.text_field)
@@ -108,8 +113,17 @@ class JobOptions:
             check_field("id_field", self.id_field)
         check_choice("on_error", self.on_error, OnError)
         check_choice("dtype", self.dtype, Dtype)
-        for name in ("window_texts", "part_rows", "part_bytes"):
+        for name in ("window_texts", "part_rows", "part_bytes", "calibration_texts"):
             check_positive(name, getattr(self, name))
+        for name in ("keep_text", "index"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(f"{name} must be True or False, not {getattr(self, name)!r}")
+        if self.calibration is not None:
+            if self.dtype not in ("int8", "uint8"):
+                raise OptionError(
+                    f"a calibration file sets int8 and uint8 ranges; dtype is {self.dtype}"
+                )
+            object.__setattr__(self, "calibration", str(self.calibration))
 
     def settings(self) -> dict[str, Any]:
         return asdict(self)

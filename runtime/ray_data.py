@@ -37,6 +37,7 @@ from albert_onnx.runtime.options import (
     check_choice,
     check_positive,
 )
+from albert_onnx.runtime.pipeline.quantize import CALIBRATED
 from albert_onnx.runtime.pipeline.session import plan
 
 
@@ -118,6 +119,11 @@ def _embedder_options(
     options = ModelOptions(model.directory, provider, precision, pooling, normalize,
                            max_batch_tokens, long_texts)  # fmt: skip
     JobOptions(dtype=dtype)  # type: ignore[arg-type]
+    if dtype in CALIBRATED:
+        raise OptionError(
+            f"embed_dataset writes float or packed-bit vectors; {dtype} needs ranges calibrated "
+            "over a corpus, which the corpus job does: albert-onnx embed --dtype int8 [--ray]"
+        )
     check_choice("provider", provider, Literal["cpu", "cuda"])
     if pooling == "none":
         raise OptionError("Ray output holds one vector per row: pooling 'none' is not supported")
@@ -171,7 +177,7 @@ def iter_vectors(output: str | Path) -> Iterator[tuple[list, np.ndarray]]:
     its manifest is incomplete, and refused."""
     _, parts = open_output(str(output))
     for meta in parts.metas:
-        chunks = list(read_part(parts.directory.child(meta.part.name), parts.dimension))
+        chunks = list(read_part(parts.directory.child(meta.part.name), parts.width))
         ids = [i for chunk_ids, _, _ in chunks for i in chunk_ids]
         vectors = np.concatenate([v for _, v, _ in chunks]) if chunks else np.zeros((0, 0))
         yield ids, vectors

@@ -27,15 +27,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import albert_onnx
-from albert_onnx.errors import AlbertOnnxError
+from albert_onnx.errors import AlbertOnnxError, OptionError
 from albert_onnx.runtime.pipeline.pipeline import Doc, Pipeline
 from albert_onnx.runtime.pipeline.pooling import l2_normalize
+from albert_onnx.runtime.pipeline.quantize import CALIBRATED
 from albert_onnx.serve.api import (
+    Answers,
     ApiError,
     EmbedCall,
     check_json,
+    cohere_response,
     error_body,
     openai_response,
+    parse_cohere,
     parse_openai,
     parse_tei,
     tei_response,
@@ -55,6 +59,13 @@ class Service:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.pipeline = Pipeline(config.model)
+        if config.dtype in CALIBRATED and self.pipeline.calibration is None:
+            raise OptionError(
+                f"--dtype {config.dtype} quantizes with the model's calibrated ranges, and "
+                f"{self.pipeline.model_dir} has none for its {self.pipeline.precision} graph: "
+                f"run `albert-onnx calibrate {self.pipeline.model_dir} CORPUS` first"
+            )
+        self.answers = Answers(config.dtype, self.pipeline.normalize, self.pipeline.calibration)
         self.model_name = config.served_model_name or self.pipeline.model_dir.name
         self.max_queue_tokens = config.max_queue_tokens or max(
             8 * self.pipeline.max_batch_tokens,
@@ -125,6 +136,8 @@ class Service:
             "isolate_requests": c.isolate_requests,
             "max_connections": c.connection_limit(),
             "request_timeout": c.request_timeout,
+            "dtype": c.dtype,
+            "calibrated": e.calibration is not None,
             "ready": self.ready,
         }
 
@@ -281,22 +294,20 @@ def create_app(service: Service) -> Starlette:
         service.metrics.errors.labels(exc.kind).inc()
         return JSONResponse(error_body(request.url.path, exc), exc.status, headers=exc.headers)
 
-    config, pipeline = service.config, service.pipeline
-
-    def parse_v1(body: bytes) -> EmbedCall:
-        return parse_openai(
-            body, service.model_name, pipeline.dimension, config.max_inputs_per_request,
-            pipeline.normalize, config.truncate,
-        )  # fmt: skip
-
-    def parse_embed(body: bytes) -> EmbedCall:
-        return parse_tei(body, pipeline.dimension, config.max_inputs_per_request, config.truncate)
+    config, pipeline, answers = service.config, service.pipeline, service.answers
+    limits = (pipeline.dimension, config.max_inputs_per_request, config.truncate, answers)
 
     openai = endpoint(
-        "v1_embeddings", parse_v1,
-        lambda call, vectors, tokens: openai_response(vectors, call, service.model_name, tokens),
+        "v1_embeddings", lambda body: parse_openai(body, service.model_name, *limits),
+        lambda call, vectors, tokens: openai_response(vectors, call, service.model_name, tokens,
+                                                      answers),
     )  # fmt: skip
-    tei = endpoint("embed", parse_embed, lambda call, vectors, tokens: tei_response(vectors))
+    tei = endpoint("embed", lambda body: parse_tei(body, *limits),
+                   lambda call, vectors, tokens: tei_response(vectors, call, answers))  # fmt: skip
+    cohere = endpoint(
+        "v2_embed", lambda body: parse_cohere(body, service.model_name, *limits),
+        lambda call, vectors, tokens: cohere_response(vectors, call, tokens, answers),
+    )  # fmt: skip
 
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -333,6 +344,7 @@ def create_app(service: Service) -> Starlette:
     return Starlette(
         routes=[
             Route("/v1/embeddings", openai, methods=["POST"]),
+            Route("/v2/embed", cohere, methods=["POST"]),
             Route("/embed", tei, methods=["POST"]),
             Route("/invocations", tei, methods=["POST"]),
             Route("/", tei, methods=["POST"]),

@@ -7,7 +7,7 @@ import resource
 from dataclasses import dataclass, field
 
 from albert_onnx.errors import OptionError
-from albert_onnx.runtime.options import ModelOptions, check_positive
+from albert_onnx.runtime.options import Dtype, ModelOptions, check_choice, check_positive
 
 RESERVED_DESCRIPTORS = 64  # model files, the event loop, logs, metrics: what a server holds
 DEFAULT_MAX_CONNECTIONS = 2048
@@ -41,11 +41,13 @@ class ServeConfig:
     max_connections: int | None = None  # default: DEFAULT_MAX_CONNECTIONS, or what fits
     request_timeout: float = 30.0  # for a whole request (headers and body) to arrive
     keep_alive_seconds: float = 5.0  # an idle connection between requests
+    dtype: Dtype = "float32"  # vectors answered unless a request asks for others
 
     def __post_init__(self) -> None:
         if self.model.pooling == "none" or self.model.long_texts != "truncate":
             raise OptionError("the server answers one vector per whole text: pooling 'none' and "
                               "long_texts 'chunk' are not served")  # fmt: skip
+        check_choice("dtype", self.dtype, Dtype)
         check_positive("max_inputs_per_request", self.max_inputs_per_request)
         check_positive("max_body_bytes", self.max_body_bytes)
         if self.max_queue_tokens is not None:

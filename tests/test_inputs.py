@@ -196,7 +196,10 @@ def test_8_a_window_of_no_texts_is_refused(english_export, tmp_path, value):
     ("options", "message"),
     [
         ({"on_error": "bogus"}, "on_error must be one of raise, skip, not 'bogus'"),
-        ({"dtype": "int8"}, "dtype must be one of float32, float16, not 'int8'"),
+        (
+            {"dtype": "int4"},
+            "dtype must be one of float32, float16, int8, uint8, binary, ubinary, not 'int4'",
+        ),
         ({"window_texts": 0}, "window_texts must be a whole number of at least 1"),
     ],
 )
@@ -231,7 +234,7 @@ def test_10_the_embedder_checks_its_options(english_export, options, message):
     [
         (["--max-batch-tokens", "0"], "max_batch_tokens must be a whole number of at least 1"),
         (["--on-error", "bogus"], "'bogus' is not one of 'raise', 'skip'"),
-        (["--dtype", "int8"], "'int8' is not one of 'float32', 'float16'"),
+        (["--dtype", "int4"], "'int4' is not one of 'float32', 'float16', 'int8', 'uint8'"),
     ],
 )
 def test_10_the_cli_refuses_the_same_options(english_export, tmp_path, args, message):
@@ -337,7 +340,7 @@ class TestEncode:
         [
             ({"convert_to_tensor": True}, "torch-free and returns numpy arrays"),
             ({"device": "cuda"}, r"Embedder\(provider='cuda', device_id=N\)"),
-            ({"precision": "int8"}, "only float32 embeddings"),
+            ({"precision": "int4"}, "precision must be one of float32, float16, int8"),
             ({"prompt": "query: "}, "does not support prompt"),
             ({"output_value": None}, "output_value must be one of"),
             ({"batch_size": 0}, "batch_size must be a whole number of at least 1"),

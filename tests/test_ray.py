@@ -5,6 +5,7 @@ test_ray_cluster.py runs `embed --ray` on two nodes with its data in S3."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import shutil
@@ -28,6 +29,7 @@ from albert_onnx.runtime.jobs.distributed import PartWorker, run_on_ray
 from albert_onnx.runtime.jobs.plan import make_plan
 from albert_onnx.runtime.model.model_dir import ModelDir
 from albert_onnx.runtime.options import JobOptions, ModelOptions
+from albert_onnx.runtime.pipeline.quantize import Ranges, quantize
 from albert_onnx.runtime.ray_data import EmbedWorker, embed_dataset, iter_vectors
 
 from conftest import OFFLINE_ENV, free_port, real_texts, stop_groups, sts_sentences
@@ -89,7 +91,31 @@ def test_options_are_checked_on_the_driver(local_ray, english_export, corpus, tm
         embed_dataset(ray.data.read_parquet(str(corpus)), english_export, pooling="avg")
     with pytest.raises(OptionError, match="the dataset has no column 'body'"):
         embed_dataset(ray.data.read_parquet(str(corpus)), english_export, text_column="body")
+    with pytest.raises(OptionError, match="embed_dataset writes float or packed-bit vectors"):
+        embed_dataset(ray.data.read_parquet(str(corpus)), english_export, dtype="int8")
     assert not (tmp_path / "out").exists()
+
+
+def test_int8_ranges_are_calibrated_where_the_workers_run(
+    local_ray, english_export, corpus, texts, tmp_path
+):
+    """The driver holds no model: a task measures the ranges on a node, once, before any
+    part runs; every worker quantizes with them, and the manifest records them."""
+    output = tmp_path / "out"
+    options = JobOptions(id_field="id", part_rows=256, dtype="int8", calibration_texts=300)
+    ray_job(corpus, output, english_export, options=options, workers=1)
+    manifest = json.loads((output / "_manifest.json").read_text())
+    ranges = Ranges.from_dict(manifest["ranges"])
+    assert ranges.source == "the first 300 records of the corpus"
+    local = Embedder(english_export, provider="cpu", precision="fp32", threads=1)
+    sample = local.embed(texts[:300])
+    assert np.allclose(ranges.array, [sample.min(0), sample.max(0)], atol=1e-5)
+    ids, stored = read_output(output)
+    expected = quantize(local.embed(texts), "int8", ranges)
+    assert ids == list(range(1000)) and stored.dtype == np.int8
+    # the same steps, but for a vector that lies on a step's edge (float rounding)
+    assert np.abs(stored.astype(int) - expected).max() <= 1
+    assert (stored == expected).mean() > 0.999
 
 
 @pytest.fixture
@@ -250,7 +276,8 @@ def test_workers_count_every_window_and_rebuild_a_damaged_copy_of_the_model(
     job = JobOptions(id_field="id", part_rows=256)
     plan = make_plan([str(corpus)], job)
     graph.write_bytes(b"damaged again")
-    worker = PartWorker(model, plan, ModelOptions(english_export, "cpu", "fp32"), job, str(output))
+    worker = PartWorker(model, plan, ModelOptions(english_export, "cpu", "fp32"), job, str(output),
+                        None)  # fmt: skip
     worker.start()
     assert graph.read_bytes() == original
     meta = worker.run(plan.parts[1], 257, None)

@@ -15,8 +15,9 @@ import numpy as np
 
 from albert_onnx.runtime.io.storage import Location
 
-FORMATS = (".npy", ".npz", ".parquet", ".jsonl")
+FORMATS = (".npy", ".npz", ".parquet", ".jsonl", ".lance")  # .lance: a Lance dataset (io/lance)
 RAGGED_FORMATS = (".npz", ".jsonl")
+TEXT_FORMATS = (".parquet", ".jsonl", ".lance")  # and directories of parts: --keep-text
 
 Chunk = tuple[list, np.ndarray, list[int]]  # ids, vectors, token counts (token vectors only)
 # Parquet of ids and vectors (part files, .parquet outputs): vectors do not compress and are
@@ -34,20 +35,36 @@ class Rows(Protocol):
 
     def chunks(self) -> Iterator[Chunk]: ...
 
+    def texts(self) -> Iterator[list[str]]: ...  # --keep-text: one list per chunk
+
 
 def write_output(
-    output: Location, rows: Rows, dtype: np.dtype, dimension: int, id_kind: str, ragged: bool
-) -> None:
-    """Write OUTPUT (format by its suffix) whole or not at all."""
+    output: Location, rows: Rows, dtype: np.dtype, dimension: int, id_kind: str, ragged: bool,
+    keep_text: bool = False, index: bool = False,
+) -> None:  # fmt: skip
+    """Write OUTPUT (format by its suffix) whole or not at all: vectors of DIMENSION values
+    of DTYPE (for packed bits, DIMENSION is their bytes), with KEEP_TEXT the texts, and for
+    Lance with INDEX an ANN index."""
     fmt = "." + output.name.rsplit(".", 1)[-1]
+    if fmt == ".lance":
+        from albert_onnx.runtime.io.lance_dataset import write_lance
+
+        schema, batches = arrow_batches(rows, dtype, dimension, id_kind, keep_text)
+        write_lance(output, schema, batches, index, dtype.kind == "f", dimension, rows.rows)
+        return
     if fmt == ".npy":
         output.write_atomic(lambda f: _write_npy(f, rows, dtype, dimension))
     elif fmt == ".npz":
         output.write_atomic(lambda f: _write_npz(f, rows, dtype, dimension, id_kind, ragged))
     elif fmt == ".jsonl":
-        output.write_atomic(lambda f: _write_jsonl(f, rows, ragged))
+        output.write_atomic(lambda f: _write_jsonl(f, rows, ragged, keep_text))
     else:
-        _write_parquet(output, rows, dtype, dimension, id_kind)
+        _write_parquet(output, rows, dtype, dimension, id_kind, keep_text)
+
+
+def _with_texts(rows: Rows, keep_text: bool) -> Iterator[tuple[Chunk, list[str] | None]]:
+    texts = rows.texts() if keep_text else itertools.repeat(None)
+    return zip(rows.chunks(), texts, strict=False)
 
 
 def write_ids_jsonl(f: BinaryIO, rows: Rows) -> None:
@@ -103,31 +120,47 @@ def _write_npz(
                 write_npy(member, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
 
 
-def _write_jsonl(f: BinaryIO, rows: Rows, ragged: bool) -> None:
-    for ids, vectors, lengths in rows.chunks():
+def _write_jsonl(f: BinaryIO, rows: Rows, ragged: bool, keep_text: bool) -> None:
+    for (ids, vectors, lengths), texts in _with_texts(rows, keep_text):
         if ragged:
             bounds = np.cumsum([0, *lengths])
             values = [vectors[a:b].tolist() for a, b in itertools.pairwise(bounds)]
         else:
             values = vectors.tolist()
-        f.write(
-            "".join(
-                json.dumps({"id": i, "vector": v}) + "\n" for i, v in zip(ids, values, strict=True)
-            ).encode()
-        )
+        lines = [{"id": i, "vector": v} for i, v in zip(ids, values, strict=True)]
+        for line, text in zip(lines, texts or [], strict=bool(texts)):
+            line["text"] = text
+        f.write("".join(json.dumps(line) + "\n" for line in lines).encode())
+
+
+def arrow_batches(rows: Rows, dtype: np.dtype, dimension: int, id_kind: str, keep_text: bool):
+    """ROWS as Arrow record batches (`id`, `vector`, with KEEP_TEXT `text`) and their schema:
+    what the Parquet and Lance outputs write."""
+    import pyarrow as pa
+
+    value_type = pa.from_numpy_dtype(dtype)
+    id_type = pa.int64() if id_kind == "int" else pa.string()
+    schema = pa.schema([("id", id_type), ("vector", pa.list_(value_type, dimension)),
+                        *([("text", pa.string())] if keep_text else [])])  # fmt: skip
+
+    def batches() -> Iterator:
+        for (ids, vectors, _), texts in _with_texts(rows, keep_text):
+            flat = pa.array(np.ascontiguousarray(vectors).reshape(-1), type=value_type)
+            columns = [pa.array(ids, type=id_type),
+                       pa.FixedSizeListArray.from_arrays(flat, dimension)]  # fmt: skip
+            if keep_text:
+                columns.append(pa.array(texts, pa.string()))
+            yield pa.record_batch(columns, schema=schema)
+
+    return schema, batches()
 
 
 def _write_parquet(
-    output: Location, rows: Rows, dtype: np.dtype, dimension: int, id_kind: str
+    output: Location, rows: Rows, dtype: np.dtype, dimension: int, id_kind: str, keep_text: bool
 ) -> None:
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    value_type = pa.float16() if dtype == np.float16 else pa.float32()
-    id_type = pa.int64() if id_kind == "int" else pa.string()
-    schema = pa.schema([("id", id_type), ("vector", pa.list_(value_type, dimension))])
+    schema, batches = arrow_batches(rows, dtype, dimension, id_kind, keep_text)
     with output.writing() as path, pq.ParquetWriter(path, schema, **PARQUET_OPTIONS) as parquet:
-        for ids, vectors, _ in rows.chunks():
-            flat = pa.array(np.ascontiguousarray(vectors).reshape(-1), type=value_type)
-            column = pa.FixedSizeListArray.from_arrays(flat, dimension)
-            parquet.write_table(pa.table({"id": pa.array(ids, type=id_type), "vector": column}))
+        for batch in batches:
+            parquet.write_batch(batch)

@@ -4,7 +4,11 @@
   last: rows, parts, summed counts, settings, the inputs' and model's fingerprints. A
   directory without a manifest is incomplete, and `open_output` refuses it.
 - A single-file output (.npy, .npz, .parquet, .jsonl) is assembled from the parts in one
-  streaming pass (sidecars first, the output last), and the parts are removed after it.
+  streaming pass (sidecars first, the output last), and the parts are removed after it. Its
+  manifest, without the parts, is the sidecar `OUTPUT.manifest.json`.
+
+Either manifest says what made the vectors (the model's fingerprint and the settings: what
+`search` checks a model against) and, for int8 and uint8 vectors, their calibrated ranges.
 
 Every record read once: Parquet parts against their planned rows, a line file's byte
 ranges against its size. Duplicate ids are counted exactly over every part in bounded
@@ -24,8 +28,9 @@ import numpy as np
 from albert_onnx.errors import CorpusError, OutputError
 from albert_onnx.runtime.io.formats import Chunk, write_ids_jsonl, write_output
 from albert_onnx.runtime.io.storage import Location, locate
-from albert_onnx.runtime.jobs.part import PartMeta, read_ids, read_part
+from albert_onnx.runtime.jobs.part import PartMeta, read_column, read_part
 from albert_onnx.runtime.jobs.state import ERRORS, MANIFEST, STATE, RunState
+from albert_onnx.runtime.pipeline.quantize import storage
 from albert_onnx.runtime.stats import Stats, count_duplicates
 
 MANIFEST_FORMAT = 1
@@ -37,7 +42,7 @@ class Parts:
 
     directory: Location
     metas: list[PartMeta]
-    dimension: int
+    width: int  # values per stored vector (the dimension, or its bytes for packed bits)
 
     @property
     def rows(self) -> int:
@@ -50,12 +55,19 @@ class Parts:
     def chunks(self) -> Iterator[Chunk]:
         for meta in self.metas:
             if meta.rows:
-                yield from read_part(self.directory.child(meta.part.name), self.dimension)
+                yield from read_part(self.directory.child(meta.part.name), self.width)
 
     def ids(self) -> Iterator[list]:
+        yield from self._column("id")
+
+    def texts(self) -> Iterator[list]:
+        """The texts (--keep-text), a list per chunk of `chunks()`."""
+        yield from self._column("text")
+
+    def _column(self, name: str) -> Iterator[list]:
         for meta in self.metas:
             if meta.rows:
-                yield from read_ids(self.directory.child(meta.part.name))
+                yield from read_column(self.directory.child(meta.part.name), name)
 
 
 def commit(
@@ -67,6 +79,8 @@ def commit(
     ragged: bool,
     keep_errors: bool,
     duplicates: Callable[[Parts], int] = lambda parts: count_duplicates(parts.ids()),
+    keep_text: bool = False,
+    index: bool = False,
 ) -> tuple[Stats, list[str]]:
     """Finish the run whose parts are METAS (see the module docstring); the corpus's counts
     and the files written. DUPLICATES counts the duplicate ids of the parts (here, by
@@ -81,14 +95,16 @@ def commit(
     stats = Stats()
     for meta in ordered:
         stats.add(Stats.from_dict(meta.stats))
-    parts = Parts(directory, ordered, dimension)
+    parts = Parts(directory, ordered, storage(dtype, dimension)[1])
     stats.duplicate_ids = duplicates(parts)
     errors = [error for meta in ordered for error in meta.errors]
+    manifest = _manifest(state, parts, stats)
     if single is None:
-        written = _finish_directory(state, parts, stats, errors if keep_errors else None)
+        written = _finish_directory(state, parts, manifest, errors if keep_errors else None)
     else:
-        written = _finish_single(single, parts, np.dtype(dtype), id_kind, ragged,
-                                 errors if keep_errors else None)  # fmt: skip
+        written = _finish_single(single, parts, manifest, storage(dtype, dimension)[0], id_kind,
+                                 ragged, errors if keep_errors else None, keep_text,
+                                 index)  # fmt: skip
         directory.child(STATE).delete()  # first: parts without a state are never resumed
         directory.delete()
     return stats, written
@@ -127,8 +143,20 @@ def _one_id_kind(state: RunState, metas: list[PartMeta]) -> str:
     return next(iter(kinds), state.plan.id_kind or "int")
 
 
+def _manifest(state: RunState, parts: Parts, stats: Stats) -> dict[str, Any]:
+    return {
+        "format": MANIFEST_FORMAT,
+        "rows": parts.rows,
+        "settings": state.settings,
+        "ranges": state.ranges.to_dict() if state.ranges else None,
+        "inputs": [asdict(f) for f in state.plan.files],
+        # what the vectors are, not how long they took: the same input gives the same bytes
+        "stats": {k: v for k, v in stats.to_dict().items() if k != "seconds"},
+    }
+
+
 def _finish_directory(
-    state: RunState, parts: Parts, stats: Stats, errors: list | None
+    state: RunState, parts: Parts, manifest: dict[str, Any], errors: list | None
 ) -> list[str]:
     directory = state.directory
     written = []
@@ -136,8 +164,7 @@ def _finish_directory(
         directory.child(ERRORS).write_bytes("".join(json.dumps(e) + "\n" for e in errors).encode())
         written.append(str(directory.child(ERRORS)))
     manifest = {
-        "format": MANIFEST_FORMAT,
-        "rows": parts.rows,
+        **manifest,
         "parts": [
             {
                 "file": m.part.name,
@@ -149,9 +176,6 @@ def _finish_directory(
             }
             for m in parts.metas
         ],
-        "settings": state.settings,
-        "inputs": [asdict(f) for f in state.plan.files],
-        "stats": stats.to_dict(),
     }
     directory.child(MANIFEST).write_bytes(json.dumps(manifest, indent=2).encode())
     directory.child(STATE).delete()  # after the manifest: a kill between leaves a resumable run
@@ -160,10 +184,12 @@ def _finish_directory(
 
 
 def _finish_single(
-    output: Location, parts: Parts, dtype: np.dtype, id_kind: str, ragged: bool,
-    errors: list | None,
+    output: Location, parts: Parts, manifest: dict[str, Any], dtype: np.dtype, id_kind: str,
+    ragged: bool, errors: list | None, keep_text: bool, index: bool,
 ) -> list[str]:  # fmt: skip
-    written = []
+    manifest_file = output.sibling(output.name + ".manifest.json")
+    manifest_file.write_bytes(json.dumps(manifest, indent=2).encode())
+    written = [manifest_file]
     if output.name.endswith(".npy"):
         ids_file = output.sibling(output.name + ".ids.jsonl")
         ids_file.write_atomic(lambda f: write_ids_jsonl(f, parts))
@@ -172,7 +198,7 @@ def _finish_single(
         errors_file = output.sibling(output.name + ".errors.jsonl")
         errors_file.write_bytes("".join(json.dumps(e) + "\n" for e in errors).encode())
         written.append(errors_file)
-    write_output(output, parts, dtype, parts.dimension, id_kind, ragged)
+    write_output(output, parts, dtype, parts.width, id_kind, ragged, keep_text, index)
     return [str(p) for p in (output, *written)]
 
 
@@ -192,5 +218,6 @@ def open_output(spec: str) -> tuple[dict[str, Any], Parts]:
         if meta is None or meta.rows != entry["rows"]:
             raise OutputError(f"{directory.child(entry['file'])}: not the part the manifest lists")
         metas.append(meta)
-    dimension = int(manifest["settings"]["dimension"])
-    return manifest, Parts(directory, metas, dimension)
+    settings = manifest["settings"]
+    width = storage(settings.get("dtype", "float32"), int(settings["dimension"]))[1]
+    return manifest, Parts(directory, metas, width)

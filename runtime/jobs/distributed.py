@@ -41,6 +41,7 @@ from albert_onnx.errors import AlbertOnnxError, OptionError, OutputError
 from albert_onnx.runtime.io.lines import count_lines
 from albert_onnx.runtime.io.records import IdKind
 from albert_onnx.runtime.io.storage import locate
+from albert_onnx.runtime.jobs.calibrate import calibrate
 from albert_onnx.runtime.jobs.cluster import (
     RETRIES,
     WorkerModel,
@@ -60,6 +61,7 @@ from albert_onnx.runtime.jobs.state import STATE, RunState, open_state
 from albert_onnx.runtime.model.model_dir import ModelDir
 from albert_onnx.runtime.options import JobOptions, ModelOptions, check_positive
 from albert_onnx.runtime.pipeline.pipeline import Pipeline, model_settings
+from albert_onnx.runtime.pipeline.quantize import CALIBRATED, Ranges
 from albert_onnx.runtime.stats import count_duplicates
 
 
@@ -71,9 +73,9 @@ class PartWorker:
     is never restarted by Ray (ray#53727), but replaced by the driver."""
 
     def __init__(self, model: WorkerModel, plan: Plan, options: ModelOptions, job: JobOptions,
-                 output: str) -> None:  # fmt: skip
+                 output: str, ranges: Ranges | None) -> None:  # fmt: skip
         self.model, self.plan, self.options = model, plan, options
-        self.job, self.output = job, locate(output)
+        self.job, self.output, self.ranges = job, locate(output), ranges
 
     def start(self) -> None:
         import ray
@@ -84,13 +86,23 @@ class PartWorker:
                 "this output, and workers write their parts there: use storage every node "
                 "sees (a shared file system, or a URL such as s3://)"
             )
-        self.pipeline = on_this_node(self.model, lambda directory: Pipeline(ModelOptions(
-            **{**asdict(self.options), "model": directory})))  # fmt: skip
+        self.pipeline = _pipeline(self.model, self.options)
         del self.model  # on disk now
 
     def run(self, part: Part, first_line: int, id_kind: IdKind | None) -> PartMeta:
         plan = self.plan if id_kind is None else replace(self.plan, id_kind=id_kind)
-        return run_part(self.pipeline, plan, part, self.job, self.output, first_line)
+        return run_part(self.pipeline, plan, part, self.job, self.output, first_line,
+                        self.ranges)  # fmt: skip
+
+
+def _pipeline(model: WorkerModel, options: ModelOptions) -> Pipeline:
+    """A pipeline on this node, from its copy of the model."""
+    return on_this_node(model, lambda directory: Pipeline(ModelOptions(
+        **{**asdict(options), "model": directory})))  # fmt: skip
+
+
+def _calibrate(model: WorkerModel, options: ModelOptions, plan: Plan, job: JobOptions) -> Ranges:
+    return calibrate(_pipeline(model, options), plan, job)  # a Ray task, where the model runs
 
 
 def _count(plan: Plan, part: Part) -> int:  # a Ray task
@@ -132,7 +144,8 @@ def run_on_ray(
     model_dir = ModelDir.open(model.model)
     specs = [str(i) for i in inputs]
     plan = make_plan(specs, options)  # a wrong file or column stops here, nothing written
-    target = Target(output, ragged=False, protect=protected(plan, specs, model_dir.directory))
+    target = Target(output, ragged=False, protect=protected(plan, specs, model_dir.directory),
+                    index=options.index)  # fmt: skip
     if target.single:
         raise OutputError(f"{output}: with --ray the output is a directory of Parquet parts")
     shipped = worker_model(model_dir)
@@ -144,15 +157,18 @@ def run_on_ray(
         count = worker_count(ray, model.provider, threads_per_worker, workers, fixed=started)
         settings = {**model_settings(model_dir, model), **options.settings()}
         where = f"the Ray instance at {ray.get_runtime_context().gcs_address}"
+        tasks = _Tasks(ray)
+        threaded = ModelOptions(**{**asdict(model), "threads": threads_per_worker})
         with target:
             state = open_state(target.parts, settings, plan, resume=resume, force=force,
-                               complete=target.complete, single=False)  # fmt: skip
+                               complete=target.complete, single=False,
+                               calibrate=(lambda: tasks.ranges(shipped, threaded, plan, options))
+                               if options.dtype in CALIBRATED else None)  # fmt: skip
             dimension, output_spec = settings["dimension"], target.parts.spec
-            tasks = _Tasks(ray)
             return execute(
                 state,
-                lambda missing: _Runner(ray, tasks, shipped, model, state, options, output_spec,
-                                        min(count, len(missing)),
+                lambda missing: _Runner(ray, tasks, shipped, threaded, state, options,
+                                        output_spec, min(count, len(missing)),
                                         threads_per_worker).run(missing),
                 lambda metas: commit(
                     state, metas, None, dimension, options.dtype, False,
@@ -178,6 +194,15 @@ class _Tasks:
         self.count = ray.remote(num_cpus=0)(_count)
         self.first_id_kind = ray.remote(num_cpus=0)(first_id_kind)
         self.duplicates = ray.remote(num_cpus=1)(_duplicates)
+        self.calibrate = ray.remote(_calibrate)
+
+    def ranges(self, model: WorkerModel, options: ModelOptions, plan: Plan,
+               job: JobOptions) -> Ranges:  # fmt: skip
+        """int8/uint8 ranges, calibrated where a worker would run: the driver has no model."""
+        ref = self.calibrate.options(
+            num_cpus=options.threads, num_gpus=1 if options.provider == "cuda" else 0
+        ).remote(model, options, plan, job)
+        return self.get(ref, f"calibrating the {job.dtype} ranges")
 
     def get(self, ref, what: str) -> Any:
         """REF's value. A task's own error is raised as itself when it is one of ours (a bad
@@ -204,8 +229,7 @@ class _Runner:
             num_cpus=threads, num_gpus=1 if options.provider == "cuda" else 0, max_restarts=0
         )
         self.plan_ref = ray.put(self.plan)
-        threaded = ModelOptions(**{**asdict(options), "threads": threads})
-        self.worker_args = (ray.put(model), self.plan_ref, threaded, job, output)
+        self.worker_args = (ray.put(model), self.plan_ref, options, job, output, state.ranges)
         self.workers, self.job = workers, job
         self.starting: dict[Any, Any] = {}  # start task -> its worker
         self.running: dict[Any, tuple[Part, Any]] = {}  # part task -> its part and worker

@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from albert_onnx.errors import OptionError
 from albert_onnx.runtime.io.inputs import STDIN, is_glob
 from albert_onnx.runtime.io.storage import locate
+from albert_onnx.runtime.jobs.calibrate import calibrate
 from albert_onnx.runtime.jobs.commit import commit
 from albert_onnx.runtime.jobs.output import Target
 from albert_onnx.runtime.jobs.part import PartMeta, run_parts
@@ -25,6 +27,7 @@ from albert_onnx.runtime.jobs.plan import Part, Plan, make_plan
 from albert_onnx.runtime.jobs.state import RunState, open_state
 from albert_onnx.runtime.options import JobOptions
 from albert_onnx.runtime.pipeline.pipeline import OnBatch, Pipeline, coverage_warning
+from albert_onnx.runtime.pipeline.quantize import CALIBRATED
 from albert_onnx.runtime.stats import Stats
 
 
@@ -50,23 +53,30 @@ def run_job(
 ) -> Summary:
     """Embed every record of INPUTS into OUTPUT, in input order (see the module docstring)."""
     start = time.perf_counter()
+    if pipeline.gives_token_vectors and options.dtype not in ("float32", "float16"):
+        raise OptionError(f"token vectors (pooling none) are kept as floats, not {options.dtype}")
     specs = [str(i) for i in inputs]
     plan = make_plan(specs, options)  # a wrong file or column stops here, nothing written
     protect = protected(plan, specs, pipeline.model_dir)
-    with Target(output, ragged=pipeline.gives_token_vectors, protect=protect) as target:
+    with Target(output, ragged=pipeline.gives_token_vectors, protect=protect,
+                keep_text=options.keep_text, index=options.index) as target:  # fmt: skip
         settings = {**pipeline.settings(), **options.settings()}
         if force and target.single:
             target.clear_single()
+        calibrated = options.dtype in CALIBRATED
         state = open_state(target.parts, settings, plan, resume=resume, force=force,
-                           complete=target.complete, single=target.single)  # fmt: skip
+                           complete=target.complete, single=target.single,
+                           calibrate=(lambda: calibrate(pipeline, plan, options)) if calibrated
+                           else None)  # fmt: skip
         return execute(
             state,
             lambda missing: run_parts(pipeline, plan, missing, options, target.parts, on_batch,
-                                      done=state.done),
+                                      done=state.done, ranges=state.ranges),
             lambda metas: commit(state, metas, target.location if target.single else None,
                                  pipeline.dimension, options.dtype,
                                  pipeline.gives_token_vectors,
-                                 keep_errors=options.on_error == "skip"),
+                                 keep_errors=options.on_error == "skip",
+                                 keep_text=options.keep_text, index=options.index),
             start,
         )  # fmt: skip
 

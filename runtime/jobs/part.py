@@ -22,8 +22,9 @@ from albert_onnx.runtime.io.records import BadLine, Blank, IdKind, Item, Record
 from albert_onnx.runtime.io.storage import Location
 from albert_onnx.runtime.io.tabular import TabularReader
 from albert_onnx.runtime.jobs.plan import Part, Plan
-from albert_onnx.runtime.options import JobOptions
+from albert_onnx.runtime.options import Dtype, JobOptions
 from albert_onnx.runtime.pipeline.pipeline import OnBatch, Pipeline
+from albert_onnx.runtime.pipeline.quantize import Ranges, arrow_type, quantize, storage
 from albert_onnx.runtime.pipeline.windows import ahead
 from albert_onnx.runtime.stats import Stats
 
@@ -56,14 +57,16 @@ class PartMeta:
         return cls(**{**data, "part": Part(**data["part"])})
 
 
-def part_schema(id_kind: IdKind | None, dtype: str, dimension: int, ragged: bool):
+def part_schema(id_kind: IdKind | None, dtype: Dtype, dimension: int, ragged: bool,
+                keep_text: bool = False):  # fmt: skip
     import pyarrow as pa
 
-    value = pa.float16() if dtype == "float16" else pa.float32()
-    vector = pa.list_(value, dimension)
+    _, width = storage(dtype, dimension)
+    vector = pa.list_(arrow_type(dtype), width)
     return pa.schema([
         ("id", pa.string() if id_kind == "str" else pa.int64()),
         ("vector", pa.list_(vector) if ragged else vector),
+        *([("text", pa.string())] if keep_text else []),
     ])  # fmt: skip
 
 
@@ -164,16 +167,18 @@ def run_parts(
     on_batch: OnBatch | None = None,
     done: dict[int, PartMeta] | None = None,
     first_lines: dict[int, int] | None = None,
+    ranges: Ranges | None = None,
 ) -> Iterator[PartMeta]:
     """Embed PARTS into DIRECTORY/part-NNNNNN.parquet, one after another, each part's
-    metadata as it is written. One thread reads and tokenizes a window ahead, across the
-    parts' ends too, while the current window runs (see `read_parts` for the first lines)."""
+    metadata as it is written; vectors in the options' dtype (int8 and uint8 by RANGES).
+    One thread reads and tokenizes a window ahead, across the parts' ends too, while the
+    current window runs (see `read_parts` for the first lines)."""
     events = ahead(_windows(read_parts(plan, parts, options, done, first_lines),
                             options.window_texts, pipeline.tokenize))  # fmt: skip
     for event in events:
         part = event.part if isinstance(event, Read) else event[0]
         with directory.child(part.name).writing() as path:
-            writer = _PartFile(path, plan, part, options, pipeline)
+            writer = _PartFile(path, plan, part, options, pipeline, ranges)
             try:
                 while not isinstance(event, Read):
                     _, items, records, docs = event
@@ -186,10 +191,11 @@ def run_parts(
 
 
 def run_part(pipeline: Pipeline, plan: Plan, part: Part, options: JobOptions,
-             directory: Location, first_line: int) -> PartMeta:  # fmt: skip
+             directory: Location, first_line: int, ranges: Ranges | None) -> PartMeta:  # fmt: skip
     """Embed PART alone (a worker's task), its first line being FIRST_LINE."""
-    with closing(run_parts(pipeline, plan, [part], options, directory,
-                           first_lines={part.index: first_line})) as metas:  # fmt: skip
+    metas = run_parts(pipeline, plan, [part], options, directory,
+                      first_lines={part.index: first_line}, ranges=ranges)  # fmt: skip
+    with closing(metas):
         return next(metas)
 
 
@@ -207,8 +213,9 @@ class _PartFile:
     """One part file being written: a row group per window, the metadata last."""
 
     def __init__(self, path: str, plan: Plan, part: Part, options: JobOptions,
-                 pipeline: Pipeline) -> None:  # fmt: skip
+                 pipeline: Pipeline, ranges: Ranges | None) -> None:  # fmt: skip
         self.path, self.options, self.dimension = path, options, pipeline.dimension
+        self.ranges = ranges
         self.ragged = pipeline.gives_token_vectors
         self.name = plan.files[part.file].name
         self.stats, self.errors = Stats(), []
@@ -218,7 +225,8 @@ class _PartFile:
     def _open(self, id_kind: IdKind | None) -> None:
         import pyarrow.parquet as pq
 
-        schema = part_schema(id_kind or "int", self.options.dtype, self.dimension, self.ragged)
+        schema = part_schema(id_kind or "int", self.options.dtype, self.dimension, self.ragged,
+                             self.options.keep_text)  # fmt: skip
         self.writer = pq.ParquetWriter(self.path, schema, **PARQUET_OPTIONS)
 
     def add(self, items: list[Item], records: list[Record], embedded: tuple) -> None:
@@ -234,9 +242,13 @@ class _PartFile:
             return
         if self.writer is None:
             self._open("int" if isinstance(records[0].id, int) else "str")
-        table = pa.table({"id": [r.id for r in records],
-                          "vector": vector_column(vectors, self.options.dtype, self.ragged)},
-                         schema=self.writer.schema)  # fmt: skip
+        columns = {
+            "id": [r.id for r in records],
+            "vector": vector_column(vectors, self.options.dtype, self.ragged, self.ranges),
+        }
+        if self.options.keep_text:
+            columns["text"] = [r.text for r in records]
+        table = pa.table(columns, schema=self.writer.schema)  # fmt: skip
         self.writer.write_table(table)
         self.rows += len(records)
         self.vector_rows += sum(map(len, vectors)) if self.ragged else len(records)
@@ -255,14 +267,14 @@ class _PartFile:
             self.writer.close()
 
 
-def vector_column(vectors, dtype: str, ragged: bool):
-    """Pooled vectors (n, dim) as a fixed-size-list column; token vectors (a list of
-    (tokens, dim) arrays) as a list of them."""
+def vector_column(vectors, dtype: Dtype, ragged: bool, ranges: Ranges | None = None):
+    """Pooled vectors (n, dim) in DTYPE (`quantize`) as a fixed-size-list column; token
+    vectors (a list of (tokens, dim) arrays, float dtypes only) as a list of them."""
     import pyarrow as pa
 
-    value = pa.float16() if dtype == "float16" else pa.float32()
+    value = arrow_type(dtype)
     if not ragged:
-        flat = np.ascontiguousarray(vectors, dtype=dtype)
+        flat = np.ascontiguousarray(quantize(np.asarray(vectors), dtype, ranges))
         return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), type=value),
                                                  flat.shape[1])  # fmt: skip
     lengths = [len(v) for v in vectors]
@@ -287,17 +299,18 @@ def read_meta(location: Location) -> PartMeta | None:
         return None
 
 
-def read_ids(location: Location) -> Iterator[list]:
-    """A part file's ids a row group at a time, its vectors left unread."""
+def read_column(location: Location, name: str) -> Iterator[list]:
+    """A part file's column NAME (its ids, or its texts) a row group at a time, its vectors
+    left unread."""
     import pyarrow.parquet as pq
 
     with location.open_read() as f, pq.ParquetFile(f) as parquet:
         for group in range(parquet.num_row_groups):
-            yield parquet.read_row_group(group, columns=["id"], use_threads=False)[0].to_pylist()
+            yield parquet.read_row_group(group, columns=[name], use_threads=False)[0].to_pylist()
 
 
-def read_part(location: Location, dimension: int) -> Iterator[tuple[list, np.ndarray, list]]:
-    """A part file's (ids, vectors, lengths) a row group at a time: vectors (n, dim), or all
+def read_part(location: Location, width: int) -> Iterator[tuple[list, np.ndarray, list]]:
+    """A part file's (ids, vectors, lengths) a row group at a time: vectors (n, width), or all
     token vectors stacked, with each row's count in LENGTHS (empty for pooled vectors)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -311,4 +324,4 @@ def read_part(location: Location, dimension: int) -> Iterator[tuple[list, np.nda
                 lengths = np.diff(column.offsets.to_numpy()).tolist()
                 column = column.flatten()
             values = column.flatten().to_numpy(zero_copy_only=False)
-            yield table.column("id").to_pylist(), values.reshape(-1, dimension), lengths
+            yield table.column("id").to_pylist(), values.reshape(-1, width), lengths

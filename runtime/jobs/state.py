@@ -11,6 +11,9 @@ state that a resumed run can trust.
 - **Resume**: the settings must be the interrupted run's; the inputs are planned again and
   any file edited, appended to, removed or added since is named; each part file is read
   back (its metadata must name the planned part), and only the missing parts run.
+- **Calibration** (int8 and uint8 vectors): a fresh run measures its ranges before it
+  writes anything, and keeps them in `_state.json`; a resumed run uses those, so every
+  part of an output is quantized alike.
 - **Force**: replaces only what albert-onnx wrote: a directory holding anything else is
   refused, with or without --force.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +32,7 @@ from albert_onnx.errors import OptionError, OutputError
 from albert_onnx.runtime.io.storage import Location
 from albert_onnx.runtime.jobs.part import PartMeta, read_meta
 from albert_onnx.runtime.jobs.plan import Part, Plan
+from albert_onnx.runtime.pipeline.quantize import Ranges
 
 STATE, MANIFEST, ERRORS = "_state.json", "_manifest.json", "_errors.jsonl"
 STATE_FORMAT = 1
@@ -46,6 +51,7 @@ class RunState:
     settings: dict[str, Any]
     plan: Plan
     done: dict[int, PartMeta]  # the parts an interrupted run finished
+    ranges: Ranges | None = None  # int8 and uint8 vectors: their calibrated ranges
 
     @property
     def resumed_parts(self) -> int:
@@ -61,10 +67,12 @@ def open_state(
     force: bool,
     complete: Location,
     single: bool,
+    calibrate: Callable[[], Ranges] | None = None,
 ) -> RunState:
     """The state of a run into DIRECTORY (see the module docstring). COMPLETE is what exists
     when the output is already complete: its manifest, or its SINGLE file (then parts
-    without a state beside it are what a commit killed while cleaning up left)."""
+    without a state beside it are what a commit killed while cleaning up left). CALIBRATE
+    measures a fresh run's ranges."""
     if resume and force:
         raise OptionError("--resume continues a run and --force replaces it: choose one")
     if resume and plan.stdin:
@@ -94,12 +102,14 @@ def open_state(
             f"{directory} holds an interrupted run; pass --resume to continue it or --force "
             "to start over"
         )
+    ranges = calibrate() if calibrate else None  # before anything is deleted
     for entry in entries:  # ours only (checked above); with --resume, a run killed early
         directory.child(entry.base_name).delete()
     directory.make_dir()
-    state = {"format": STATE_FORMAT, "settings": settings, "plan": plan.to_dict()}
+    state = {"format": STATE_FORMAT, "settings": settings, "plan": plan.to_dict(),
+             "ranges": ranges.to_dict() if ranges else None}  # fmt: skip
     state_file.write_bytes(json.dumps(state).encode())
-    return RunState(directory, settings, plan, {})
+    return RunState(directory, settings, plan, {}, ranges)
 
 
 def _resumed(directory: Location, state_file: Location, settings: dict, plan: Plan) -> RunState:
@@ -107,6 +117,7 @@ def _resumed(directory: Location, state_file: Location, settings: dict, plan: Pl
         state = json.loads(state_file.read_bytes())
         fmt, old_settings = state.get("format"), dict(state["settings"])
         old_plan = Plan.from_dict(state["plan"])
+        ranges = Ranges.from_dict(state["ranges"]) if state.get("ranges") else None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise OutputError(
             f"{state_file}: not a state this albert-onnx wrote ({exc}); use --force"
@@ -143,7 +154,7 @@ def _resumed(directory: Location, state_file: Location, settings: dict, plan: Pl
                 "or from another run); use --force to start over"
             )
         done[index] = meta
-    return RunState(directory, settings, plan, done)
+    return RunState(directory, settings, plan, done, ranges)
 
 
 def _same(found: Part, planned: Part) -> bool:

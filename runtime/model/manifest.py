@@ -53,6 +53,8 @@ class Manifest:
     variants: dict[str, Variant]
     tools: dict[str, str]
     word_embeddings: dict[str, str] = field(default_factory=dict)  # absent for some models
+    # a graph variant -> the int8/uint8 ranges of its vectors (`albert-onnx calibrate`)
+    calibration: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -63,7 +65,11 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     def save(self, directory: Path) -> None:
-        (directory / MANIFEST_NAME).write_text(self.to_json(), encoding="utf-8")
+        """Written whole or not at all: a model directory is never left without one."""
+        path = directory / MANIFEST_NAME
+        temporary = path.with_name(f".{MANIFEST_NAME}.tmp")
+        temporary.write_text(self.to_json(), encoding="utf-8")
+        temporary.replace(path)
 
 
 def load_manifest(directory: str | Path) -> Manifest:

@@ -19,6 +19,7 @@ from albert_onnx.runtime.options import ModelOptions, Pooling
 from albert_onnx.runtime.pipeline.bucketer import Batch, make_batches
 from albert_onnx.runtime.pipeline.pooling import l2_normalize, pool
 from albert_onnx.runtime.pipeline.providers import cpu_threads
+from albert_onnx.runtime.pipeline.quantize import Ranges
 from albert_onnx.runtime.pipeline.session import open_session, plan
 from albert_onnx.runtime.pipeline.tokenizer import Encoded, TextTokenizer
 from albert_onnx.runtime.stats import Stats
@@ -104,6 +105,8 @@ class Pipeline:
                 stacklevel=stacklevel + 1,
             )
         self.fingerprint = model_dir.fingerprint(self.precision)
+        recorded = manifest.calibration.get(self.precision)
+        self.calibration = Ranges.from_dict(recorded) if recorded else None  # int8/uint8
         self.pooling: Pooling = options.pooling or manifest.pooling  # type: ignore[assignment]
         self.normalize = manifest.normalize if options.normalize is None else options.normalize
         self.dimension = int(manifest.architecture["hidden_size"])
