@@ -27,7 +27,7 @@ from machine import cpu_description
 
 from albert_onnx.runtime.io.formats import PARQUET_OPTIONS
 from albert_onnx.runtime.io.storage import locate
-from albert_onnx.runtime.jobs.part import part_schema, read_ids, read_part, vector_column
+from albert_onnx.runtime.jobs.part import part_schema, read_column, read_part, vector_column
 from albert_onnx.runtime.stats import count_duplicates
 
 PART_ROWS, GROUP_ROWS = 65_536, 4_096
@@ -74,7 +74,7 @@ def main() -> None:
     for name, ids in kinds.items():
         paths = write_parts(work / name.split()[0], ids, args.dimension)
         locations = [locate(str(p)) for p in paths]
-        id_columns = timed(chunk for loc in locations for chunk in read_ids(loc))
+        id_columns = timed(chunk for loc in locations for chunk in read_column(loc, "id"))
         whole = timed(ids for loc in locations for ids, _, _ in read_part(loc, args.dimension))
         assert id_columns[1] == whole[1] == repeated, (id_columns, whole)
         rows.append({"ids": name, "parts": len(paths), "id_columns_s": id_columns[0],
