@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -23,7 +23,7 @@ from albert_onnx.runtime.pipeline.quantize import Ranges, storage
 
 CHUNK_ROWS = 16_384
 NPROBES, REFINE = 20, 10  # a Lance index's search: partitions probed, candidates x refined
-Rows = Iterator[tuple[list, np.ndarray]]  # ids, vectors (n, width) as stored
+Rows = Iterator[tuple[Sequence, np.ndarray]]  # ids, vectors (n, width) as stored
 
 
 @dataclass(frozen=True)
@@ -112,11 +112,28 @@ class _Npy:
             yield self.take(min(CHUNK_ROWS, self.shape[0] - start))
 
 
+class _JsonLines(Sequence):
+    """A chunk's ids as their JSON lines, each decoded when asked for: search keeps a few
+    ids of each chunk, and decoding a million it does not keep would cost more than the
+    scan."""
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self.lines = lines
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [json.loads(line) for line in self.lines[index]]
+        return json.loads(self.lines[index])
+
+
 def _npy(location: Location) -> Rows:
     ids_file = location.sibling(location.name + ".ids.jsonl")
     with location.open_read() as f, ids_file.open_read() as ids:
         for vectors in _Npy(f).chunks():
-            yield [json.loads(line) for line in itertools.islice(ids, len(vectors))], vectors
+            yield _JsonLines(list(itertools.islice(ids, len(vectors)))), vectors
 
 
 def _npz(location: Location) -> Rows:
