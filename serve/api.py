@@ -239,16 +239,16 @@ def parse_openai(
     return answers.check(call, "embedding_type")
 
 
-def _no_cutting(request: dict[str, Any], dimension: int) -> None:
-    """`dimensions` other than the model's own is refused: ALBERT is not Matryoshka-trained,
-    so a cut vector would be a worse one, silently."""
-    asked = request.get("dimensions")
+def _no_cutting(request: dict[str, Any], dimension: int, field: str = "dimensions") -> None:
+    """FIELD other than the model's own dimension is refused: ALBERT is not
+    Matryoshka-trained, so a cut vector would be a worse one, silently."""
+    asked = request.get(field)
     if asked is not None and asked != dimension:
         raise ApiError(
             "invalid_request",
-            f"'dimensions' {asked!r} is not supported: this ALBERT model was not trained to "
+            f"'{field}' {asked!r} is not supported: this ALBERT model was not trained to "
             f"be cut (Matryoshka); its vectors have {dimension} dimensions",
-            param="dimensions",
+            param=field,
         )
 
 
@@ -300,9 +300,7 @@ def parse_cohere(
             "invalid_request", f"'input_type' must be one of {', '.join(INPUT_TYPES)}",
             param="input_type",
         )  # fmt: skip
-    cut = request.get("output_dimension")
-    if cut is not None and cut != dimension:
-        _no_cutting({"dimensions": cut}, dimension)
+    _no_cutting(request, dimension, "output_dimension")
     ends = {None: truncate, "END": True, "NONE": False}
     if request.get("truncate") not in ends:
         raise ApiError("invalid_request", "'truncate' must be 'END' or 'NONE' (START is not "

@@ -128,6 +128,8 @@ def test_cohere_embed_answers_several_types_at_once(server, model):
          r"'images' is not supported: send 'texts'"),
         ("/v2/embed", {"texts": ["x"], "embedding_types": []}, r"must be a non-empty list"),
         ("/v2/embed", {"texts": ["x"], "input_type": "image"}, r"'input_type' must be one of"),
+        ("/v2/embed", {"texts": ["x"], "output_dimension": 8},
+         r"'output_dimension' 8 is not supported: this ALBERT model was not trained to be cut"),
     ],
 )  # fmt: skip
 def test_what_a_precision_request_gets_wrong_is_named(server, path, body, message):

@@ -47,18 +47,22 @@ def calibrate(pipeline: Pipeline, plan: Plan, options: JobOptions) -> Ranges:
     recorded = pipeline.calibration
     if options.calibration is None and recorded is not None:
         return replace(recorded, source=f"the model's calibration, on {recorded.source}")
-    texts, source = sample(plan, options)
-    vectors, _ = pipeline.embed_docs(pipeline.tokenize(texts))
-    return Ranges.calibrate(vectors, source)
+    return _measure(pipeline, plan, options)
 
 
 def record(pipeline: Pipeline, inputs: list[str], options: JobOptions) -> Ranges:
     """Calibrate on INPUTS' first records and record the ranges in the model directory, for
     the graph PIPELINE runs (`albert-onnx calibrate`)."""
-    texts, source = sample(make_plan(inputs, replace(options, id_field=None)), options)
-    vectors, _ = pipeline.embed_docs(pipeline.tokenize(texts))
-    ranges = Ranges.calibrate(vectors, source)
+    sampled = replace(options, id_field=None)
+    ranges = _measure(pipeline, make_plan(inputs, sampled), sampled)
     manifest = load_manifest(pipeline.model_dir)  # as it is now, not as the pipeline read it
     manifest.calibration[pipeline.precision] = ranges.to_dict()
     manifest.save(pipeline.model_dir)
     return ranges
+
+
+def _measure(pipeline: Pipeline, plan: Plan, options: JobOptions) -> Ranges:
+    """The ranges of the sample's vectors, as PIPELINE embeds them."""
+    texts, source = sample(plan, options)
+    vectors, _ = pipeline.embed_docs(pipeline.tokenize(texts))
+    return Ranges.calibrate(vectors, source)

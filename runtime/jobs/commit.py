@@ -95,14 +95,15 @@ def commit(
     stats = Stats()
     for meta in ordered:
         stats.add(Stats.from_dict(meta.stats))
-    parts = Parts(directory, ordered, storage(dtype, dimension)[1])
+    numpy_dtype, width = storage(dtype, dimension)
+    parts = Parts(directory, ordered, width)
     stats.duplicate_ids = duplicates(parts)
     errors = [error for meta in ordered for error in meta.errors]
     manifest = _manifest(state, parts, stats)
     if single is None:
         written = _finish_directory(state, parts, manifest, errors if keep_errors else None)
     else:
-        written = _finish_single(single, parts, manifest, storage(dtype, dimension)[0], id_kind,
+        written = _finish_single(single, parts, manifest, numpy_dtype, id_kind,
                                  ragged, errors if keep_errors else None, keep_text,
                                  index)  # fmt: skip
         directory.child(STATE).delete()  # first: parts without a state are never resumed

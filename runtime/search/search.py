@@ -66,16 +66,13 @@ def search(stored: Stored, queries: np.ndarray, k: int = 10, rescore: int | None
     """The K best rows of STORED for each of QUERIES (float32, (q, dimension))."""
     check_positive("k", k)
     dtype = stored.dtype
-    if stored.nearest is not None and not exact and rescore is None:
-        found = [stored.nearest(np.asarray(query, dtype=np.float32), k) for query in queries]
-        return [[Hit(q, rank, i, float(score))
-                 for rank, (i, score) in enumerate(zip(*hits, strict=True), 1)]
-                for q, hits in enumerate(found)]  # fmt: skip
     if rescore is not None:
         check_positive("rescore", rescore)
         if dtype not in PACKED:
             raise OptionError(f"rescore re-ranks binary and ubinary outputs; this one is {dtype}")
     queries = np.asarray(queries, dtype=np.float32)
+    if stored.nearest is not None and not exact:
+        return _hits([stored.nearest(query, k) for query in queries])
     if dtype in PACKED:
         coded = quantize(queries, dtype).view(np.uint8)
     elif dtype in CALIBRATED:
@@ -89,11 +86,14 @@ def search(stored: Stored, queries: np.ndarray, k: int = 10, rescore: int | None
         first += len(ids)
     if rescore is not None:
         best.rescore(queries, dtype, stored.dimension)
-    return [
-        [Hit(q, rank, found_id, float(score))
-         for rank, (score, found_id) in enumerate(zip(*best.of(q, k), strict=True), 1)]
-        for q in range(len(queries))
-    ]  # fmt: skip
+    return _hits([best.of(q, k) for q in range(len(queries))])
+
+
+def _hits(found: list[tuple[list, np.ndarray]]) -> list[list[Hit]]:
+    """Each query's (ids, scores), best first, as hits."""
+    return [[Hit(q, rank, found_id, float(score))
+             for rank, (found_id, score) in enumerate(zip(*hits, strict=True), 1)]
+            for q, hits in enumerate(found)]  # fmt: skip
 
 
 def _scores(vectors: np.ndarray, coded: np.ndarray, dtype: str, dimension: int) -> np.ndarray:
@@ -149,8 +149,8 @@ class _Best:
                 self.scores[q], self.rows[q] = scores[order].astype(np.float64), self.rows[q][order]
                 self.ids[q] = [self.ids[q][i] for i in order]
 
-    def of(self, q: int, k: int) -> tuple[np.ndarray, list]:
-        return self.scores[q][:k], self.ids[q][:k]
+    def of(self, q: int, k: int) -> tuple[list, np.ndarray]:
+        return self.ids[q][:k], self.scores[q][:k]
 
 
 def read_queries(path: str, text_field: str = "text") -> list[str]:
